@@ -1,0 +1,56 @@
+# Two commands: `make run` and `make test`. Everything else is a helper.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PY := $(BIN)/python
+
+.PHONY: run test lint typecheck static pytest load protos train export-default bench clean
+
+$(BIN)/activate:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+# Runtime only: the server does not need torch.
+$(VENV)/.runtime: pyproject.toml | $(BIN)/activate
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+# Everything: export/training tooling (torch CPU build) and test tools.
+$(VENV)/.dev: pyproject.toml | $(BIN)/activate
+	$(BIN)/pip install --quiet -e '.[export,dev]'
+	touch $@ $(VENV)/.runtime
+
+run: $(VENV)/.runtime
+	$(BIN)/danet-serve $(ARGS)
+
+test: $(VENV)/.dev
+	$(MAKE) --no-print-directory lint typecheck static pytest
+
+lint: $(VENV)/.dev
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(VENV)/.dev
+	$(BIN)/mypy common models export server client bench
+
+static: $(VENV)/.dev
+	$(PY) -m tests.static_checks
+
+pytest: $(VENV)/.dev
+	$(BIN)/pytest -q
+	$(BIN)/pytest -q -m load
+
+protos: $(VENV)/.dev
+	$(PY) -m protos.generate
+
+train: $(VENV)/.dev
+	$(BIN)/danet-train --output models/weights
+
+export-default: $(VENV)/.dev
+	$(BIN)/danet-export models/weights/danet-synthetic.safetensors --logits --output models/weights/danet-synthetic.onnx
+
+bench: $(VENV)/.dev
+	$(BIN)/danet-bench $(ARGS)
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,1 @@
+"""Names shared by export, server, clients and tests (no heavy imports here)."""
