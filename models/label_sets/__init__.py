@@ -1,0 +1,1 @@
+"""Built-in label-set data (JSON files read by models.labels)."""
