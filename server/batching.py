@@ -1,0 +1,199 @@
+"""Bounded request queue + dynamic batching of same-shape requests, served by worker threads.
+
+Thread-based on purpose: callers may live on any event loop (uvicorn + grpc.aio share one in production,
+tests use others) and wait through ``asyncio.wrap_future``; inference itself never runs on an event loop.
+Requests are batched only when their image shape (H, W) and requested outputs are equal (triton #6984).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from server.errors import NotReady, Overloaded
+
+logger = logging.getLogger(__name__)
+
+RunFn = Callable[[np.ndarray, tuple[str, ...]], dict[str, np.ndarray]]
+
+
+@dataclass
+class _Request:
+    images: np.ndarray  # [n, H, W, 3]
+    outputs: tuple[str, ...]
+    future: Future[dict[str, np.ndarray]]
+    enqueued: float = field(default_factory=time.monotonic)
+
+    @property
+    def key(self) -> tuple[object, ...]:
+        return (self.images.shape[1:], self.outputs)
+
+    @property
+    def size(self) -> int:
+        return int(self.images.shape[0])
+
+
+@dataclass
+class BatchStats:
+    """What one run looked like, for metrics."""
+
+    batch_size: int
+    requests: int
+    queue_wait_s: float
+    run_s: float
+
+
+class Batcher:
+    """Runs ``run_fn(images, outputs)`` on worker threads; merges compatible queued requests.
+
+    ``submit`` never blocks: it raises Overloaded when ``max_queue`` requests are already waiting.
+    """
+
+    def __init__(
+        self,
+        run_fn: RunFn,
+        *,
+        name: str,
+        workers: int = 1,
+        max_batch: int = 1,
+        max_delay_s: float = 0.0,
+        max_queue: int = 64,
+        retry_after_s: float = 1.0,
+        on_batch: Callable[[BatchStats], None] | None = None,
+    ) -> None:
+        self._run_fn = run_fn
+        self.name = name
+        self.max_batch = max(1, max_batch)
+        self.max_delay_s = max(0.0, max_delay_s)
+        self.max_queue = max_queue
+        self.retry_after_s = retry_after_s
+        self._on_batch = on_batch
+        self._queue: deque[_Request] = deque()
+        self._cond = threading.Condition()
+        self._closing = False
+        self._busy = 0
+        self._threads = [
+            threading.Thread(target=self._worker, name=f"infer-{name}-{i}", daemon=True)
+            for i in range(workers)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    @property
+    def depth(self) -> int:
+        """Requests waiting (not yet running)."""
+        return len(self._queue)
+
+    @property
+    def in_flight(self) -> int:
+        """Requests waiting or running."""
+        with self._cond:
+            return len(self._queue) + self._busy
+
+    def submit(self, images: np.ndarray, outputs: Sequence[str]) -> Future[dict[str, np.ndarray]]:
+        future: Future[dict[str, np.ndarray]] = Future()
+        request = _Request(images=images, outputs=tuple(outputs), future=future)
+        with self._cond:
+            if self._closing:
+                raise NotReady(f"model {self.name!r} is shutting down")
+            if len(self._queue) >= self.max_queue:
+                raise Overloaded(
+                    f"model {self.name!r} has {len(self._queue)} requests queued (limit {self.max_queue}); "
+                    "retry later",
+                    retry_after_s=self.retry_after_s,
+                )
+            self._queue.append(request)
+            self._cond.notify()
+        return future
+
+    def close(self, timeout: float | None = None) -> None:
+        """Stop accepting; let the workers finish what is queued, then stop them."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+
+    # --- worker side ------------------------------------------------------------------------------
+    def _next_batch(self) -> list[_Request] | None:
+        with self._cond:
+            while not self._queue:
+                if self._closing:
+                    return None
+                self._cond.wait()
+            first = self._queue.popleft()
+            batch = [first]
+            total = first.size
+            if self.max_batch > 1 and total < self.max_batch:
+                deadline = time.monotonic() + self.max_delay_s
+                while True:
+                    total = self._take_compatible(batch, total)
+                    remaining = deadline - time.monotonic()
+                    if total >= self.max_batch or remaining <= 0 or self._closing:
+                        break
+                    self._cond.wait(remaining)
+            self._busy += len(batch)
+            return batch
+
+    def _take_compatible(self, batch: list[_Request], total: int) -> int:
+        key = batch[0].key
+        kept: deque[_Request] = deque()
+        while self._queue:
+            request = self._queue.popleft()
+            if request.key == key and total + request.size <= self.max_batch:
+                batch.append(request)
+                total += request.size
+            else:
+                kept.append(request)
+        self._queue.extendleft(reversed(kept))
+        return total
+
+    def _worker(self) -> None:
+        while True:
+            batch = self._next_batch()
+            if batch is None:
+                return
+            try:
+                self._run(batch)
+            finally:
+                with self._cond:
+                    self._busy -= len(batch)
+
+    def _run(self, batch: list[_Request]) -> None:
+        live = [r for r in batch if r.future.set_running_or_notify_cancel()]
+        if not live:
+            return
+        started = time.monotonic()
+        images = live[0].images if len(live) == 1 else np.concatenate([r.images for r in live], axis=0)
+        try:
+            results = self._run_fn(images, live[0].outputs)
+        except BaseException as exc:  # delivered to every waiting caller, never kills the worker
+            for request in live:
+                request.future.set_exception(exc)
+            return
+        run_s = time.monotonic() - started
+        offset = 0
+        for request in live:
+            part = {name: value[offset : offset + request.size] for name, value in results.items()}
+            offset += request.size
+            request.future.set_result(part)
+        if self._on_batch is not None:
+            try:
+                self._on_batch(
+                    BatchStats(
+                        batch_size=int(images.shape[0]),
+                        requests=len(live),
+                        queue_wait_s=started - min(r.enqueued for r in live),
+                        run_s=run_s,
+                    )
+                )
+            except Exception:  # metrics must never break inference
+                logger.exception("batch metrics hook failed")

@@ -1,0 +1,459 @@
+"""The inference engine shared by every front door (REST, KServe v2 REST, gRPC).
+
+One onnxruntime session per model on the best available execution provider, a bounded queue with dynamic
+batching per model (``server.batching``), warm-up of the configured shape buckets before ``ready``, and the
+segmentation pipeline (inference size cap, sliding window, multi-scale + flip test-time augmentation with
+logit averaging). Adapters only translate requests and ``server.errors`` exceptions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from common.contract import INPUT_IMAGE, OUTPUT_CONFIDENCE, OUTPUT_LABELS, OUTPUT_LOGITS
+from server.batching import Batcher, BatchStats
+from server.errors import (
+    DeadlineExceeded,
+    InvalidOption,
+    ModelLoadError,
+    ModelNotFound,
+    NotReady,
+    PayloadTooLarge,
+)
+from server.imaging import resize_nearest, resize_rgb
+from server.metrics import Metrics
+from server.model import ModelInfo, TensorSpec, describe_session, resolve_model_paths
+from server.providers import CPU, SessionHandle, create_session
+from server.settings import Settings, parse_size
+from server.tiling import inference_size, labels_and_confidence, resize_logits, scaled_size, slide_windows
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Engine", "ModelInfo", "SegmentOptions", "SegmentResult", "TensorSpec"]
+
+MODES = ("whole", "slide")
+MAX_SCALES = 8
+
+
+@dataclass(frozen=True)
+class SegmentOptions:
+    mode: str = "whole"  # "whole" | "slide"
+    scales: tuple[float, ...] = (1.0,)
+    flip: bool = False
+    max_size: int | None = None  # longest inference side; None = the server's max_inference_size
+
+    def validate(self) -> None:
+        if self.mode not in MODES:
+            raise InvalidOption(f"mode must be one of {list(MODES)}, got {self.mode!r}")
+        if not self.scales or len(self.scales) > MAX_SCALES:
+            raise InvalidOption(f"scales must list 1 to {MAX_SCALES} values, got {len(self.scales)}")
+        for scale in self.scales:
+            if not (0.1 <= scale <= 4.0):
+                raise InvalidOption(f"each scale must be within [0.1, 4.0], got {scale}")
+        if self.max_size is not None and self.max_size < 8:
+            raise InvalidOption(f"max_size must be >= 8, got {self.max_size}")
+
+    @property
+    def needs_logits(self) -> bool:
+        return self.mode == "slide" or self.flip or tuple(self.scales) != (1.0,)
+
+
+@dataclass
+class SegmentResult:
+    model: str
+    labels: np.ndarray  # [H, W] uint8 (uint16 above 256 classes), the input image's size
+    confidence: np.ndarray | None  # [H, W] float32
+    timings: dict[str, float] = field(default_factory=dict)  # milliseconds
+    provider: str = CPU
+    inference_size: tuple[int, int] = (0, 0)  # (height, width) the model saw at scale 1
+
+
+@dataclass
+class _Loaded:
+    info: ModelInfo
+    handle: SessionHandle
+    batcher: Batcher
+    use_io_binding: bool
+
+
+class Engine:
+    """Owns sessions and schedulers. ``await start()`` loads and warms up; then ``ready`` is True."""
+
+    def __init__(self, settings: Settings, *, metrics: Metrics | None = None) -> None:
+        self.settings = settings
+        self.metrics = metrics or Metrics()
+        self._models: dict[str, _Loaded] = {}
+        self._default: str | None = None
+        self._ready = False
+        self._closing = False
+        self.started_at = time.time()
+
+    # --- lifecycle --------------------------------------------------------------------------------
+    @property
+    def ready(self) -> bool:
+        return self._ready and not self._closing
+
+    @property
+    def loaded(self) -> bool:
+        return bool(self._models)
+
+    async def start(self) -> None:
+        """Load every model, warm up, then report ready."""
+        await self.load()
+        await self.warm_up()
+
+    async def load(self) -> None:
+        """Create the sessions (in a thread: it can take seconds). Raises ModelLoadError."""
+        if self._models:
+            return
+        await asyncio.to_thread(self._load_all)
+
+    def _load_all(self) -> None:
+        paths = resolve_model_paths(list(self.settings.models))
+        loaded: dict[str, _Loaded] = {}
+        try:
+            for path in paths:
+                entry = self._load_one(path)
+                if entry.info.name in loaded:
+                    raise ModelLoadError(
+                        f"two models are named {entry.info.name!r} ({loaded[entry.info.name].info.path} and "
+                        f"{path}); rename a file or set different model_name metadata"
+                    )
+                loaded[entry.info.name] = entry
+        except BaseException:
+            for entry in loaded.values():
+                entry.batcher.close(timeout=1.0)
+            raise
+        default = self.settings.default_model or next(iter(loaded))
+        if default not in loaded:
+            raise ModelLoadError(f"default_model {default!r} is not among the loaded models {sorted(loaded)}")
+        self._models, self._default = loaded, default
+
+    def _load_one(self, path: Path) -> _Loaded:
+        settings = self.settings
+        try:
+            handle = create_session(path, settings, label=str(path))
+        except ModelLoadError:
+            raise
+        except Exception as exc:  # anything onnxruntime says about an unreadable file
+            raise ModelLoadError(f"cannot load {path}: {exc}") from exc
+        info = describe_session(handle.session, path, handle.provider, fallback=handle.fallback)
+        batching = settings.batching == "on" or (settings.batching == "auto" and handle.on_gpu)
+        max_batch = settings.max_batch_size if batching else 1
+        use_io_binding = settings.io_binding and handle.on_gpu
+        entry_ref: dict[str, _Loaded] = {}
+
+        def run(images: np.ndarray, outputs: tuple[str, ...]) -> dict[str, np.ndarray]:
+            return self._run_session(entry_ref["entry"], images, outputs)
+
+        def on_batch(stats: BatchStats, name: str = info.name) -> None:
+            self.metrics.batch_size.labels(name).observe(stats.batch_size)
+            self.metrics.inference.labels(name).observe(stats.run_s)
+            self.metrics.queue_wait.labels(name).observe(stats.queue_wait_s)
+
+        batcher = Batcher(
+            run,
+            name=info.name,
+            workers=settings.workers,
+            max_batch=max_batch,
+            max_delay_s=settings.batch_delay_ms / 1000.0,
+            max_queue=settings.max_queue,
+            retry_after_s=settings.retry_after_s,
+            on_batch=on_batch,
+        )
+        entry = _Loaded(info=info, handle=handle, batcher=batcher, use_io_binding=use_io_binding)
+        entry_ref["entry"] = entry
+        self.metrics.track_queue(info.name, lambda: float(batcher.depth))
+        self.metrics.provider.labels(info.name, handle.provider).set(1)
+        self.metrics.provider_fallback.labels(info.name).set(1 if handle.fallback else 0)
+        logger.info(
+            "loaded model %s from %s on %s (batching %s, max batch %d, %d worker(s), io binding %s)",
+            info.name,
+            path,
+            handle.provider,
+            "on" if batching else "off",
+            max_batch,
+            settings.workers,
+            use_io_binding,
+            extra={"model": info.name, "provider": handle.provider},
+        )
+        return entry
+
+    async def warm_up(self) -> None:
+        """Run each configured shape bucket once per model (first runs per shape are slow), then ready."""
+        for entry in list(self._models.values()):
+            for height, width in self._warmup_shapes(entry.info):
+                started = time.perf_counter()
+                batch = 1
+                images = np.zeros((batch, height, width, 3), dtype=np.uint8)
+                await self._infer(entry, images, entry.info.output_names)
+                if entry.batcher.max_batch > 1:
+                    images = np.zeros((entry.batcher.max_batch, height, width, 3), dtype=np.uint8)
+                    await self._infer(entry, images, entry.info.output_names)
+                logger.info(
+                    "warmed up %s at %dx%d in %.0f ms",
+                    entry.info.name,
+                    height,
+                    width,
+                    (time.perf_counter() - started) * 1000,
+                    extra={"model": entry.info.name},
+                )
+        self._ready = True
+        self.metrics.ready.set(1)
+        logger.info(
+            "engine ready: %s", ", ".join(f"{n} on {e.handle.provider}" for n, e in self._models.items())
+        )
+
+    def _warmup_shapes(self, info: ModelInfo) -> list[tuple[int, int]]:
+        shapes: list[tuple[int, int]] = []
+        for item in self.settings.warmup_sizes:
+            if item == "preferred":
+                if info.preferred_size is None:
+                    continue
+                size = info.preferred_size
+            else:
+                size = parse_size(item)
+            size = inference_size(size[0], size[1], self.settings.max_inference_size)
+            if size not in shapes:
+                shapes.append(size)
+        return shapes
+
+    async def close(self) -> None:
+        """Stop accepting new work, finish what is queued, release the sessions."""
+        self._closing = True
+        self.metrics.ready.set(0)
+        entries = list(self._models.values())
+        await asyncio.gather(
+            *(asyncio.to_thread(e.batcher.close, self.settings.shutdown_grace_s) for e in entries)
+        )
+        logger.info("engine closed")
+
+    # --- models -----------------------------------------------------------------------------------
+    def list_models(self) -> list[ModelInfo]:
+        return [entry.info for entry in self._models.values()]
+
+    def get_model(self, name: str | None = None) -> ModelInfo:
+        return self._entry(name).info
+
+    @property
+    def default_model(self) -> str | None:
+        return self._default
+
+    def queue_depth(self, name: str | None = None) -> int:
+        return self._entry(name).batcher.depth
+
+    def _entry(self, name: str | None) -> _Loaded:
+        if not self._models:
+            raise NotReady("models are still loading")
+        key = name or self._default
+        entry = self._models.get(key) if key else None
+        if entry is None:
+            raise ModelNotFound(f"model {name!r} is not served; available: {sorted(self._models)}")
+        return entry
+
+    # --- raw inference ----------------------------------------------------------------------------
+    async def infer(
+        self, name: str | None, image_batch: np.ndarray, outputs: Sequence[str] | None = None
+    ) -> dict[str, np.ndarray]:
+        """Raw graph outputs for ``image_batch`` uint8 [N, H, W, 3] through the queue and the batcher."""
+        entry = self._entry(name)
+        self._check_ready()
+        wanted = list(outputs) if outputs else entry.info.output_names
+        unknown = [o for o in wanted if o not in entry.info.output_names]
+        if unknown:
+            raise InvalidOption(
+                f"model {entry.info.name!r} has no output(s) {unknown}; it has {entry.info.output_names}"
+            )
+        self._check_images(image_batch)
+        return await self._infer(entry, image_batch, wanted)
+
+    def _check_ready(self) -> None:
+        if self._closing:
+            raise NotReady("the server is shutting down")
+        if not self._ready:
+            raise NotReady("models are still warming up")
+
+    def _check_images(self, images: np.ndarray) -> None:
+        if not isinstance(images, np.ndarray) or images.dtype != np.uint8:
+            raise InvalidOption(
+                f"{INPUT_IMAGE!r} must be uint8, got {getattr(images, 'dtype', type(images))}"
+            )
+        if images.ndim != 4 or images.shape[3] != 3 or min(images.shape[:3]) < 1:
+            raise InvalidOption(f"{INPUT_IMAGE!r} must have shape [N, H, W, 3], got {list(images.shape)}")
+        if min(images.shape[1:3]) < 8:
+            raise InvalidOption(
+                f"images must be at least 8x8 pixels, got {images.shape[1]}x{images.shape[2]}"
+            )
+        pixels = int(images.shape[1]) * int(images.shape[2])
+        if pixels > self.settings.max_pixels:
+            raise PayloadTooLarge(f"image of {pixels} pixels exceeds the limit of {self.settings.max_pixels}")
+
+    async def _infer(
+        self, entry: _Loaded, images: np.ndarray, outputs: Sequence[str]
+    ) -> dict[str, np.ndarray]:
+        try:
+            future = entry.batcher.submit(np.ascontiguousarray(images), tuple(outputs))
+        except Exception as exc:
+            if getattr(exc, "code", None) == "overloaded":
+                self.metrics.overloaded.labels(entry.info.name).inc()
+            raise
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(future), self.settings.request_timeout_s)
+        except TimeoutError as exc:
+            future.cancel()
+            raise DeadlineExceeded(
+                f"inference on {entry.info.name!r} took longer than {self.settings.request_timeout_s:g} s"
+            ) from exc
+
+    def _run_session(
+        self, entry: _Loaded, images: np.ndarray, outputs: tuple[str, ...]
+    ) -> dict[str, np.ndarray]:
+        """Worker-thread side: one onnxruntime run."""
+        session = entry.handle.session
+        if entry.use_io_binding:
+            binding = session.io_binding()
+            binding.bind_cpu_input(INPUT_IMAGE, images)
+            for name in outputs:
+                binding.bind_output(name)  # allocated by onnxruntime on the provider's device
+            session.run_with_iobinding(binding)
+            values = binding.copy_outputs_to_cpu()
+        else:
+            values = session.run(list(outputs), {INPUT_IMAGE: images})
+        return dict(zip(outputs, values, strict=True))
+
+    # --- segmentation -----------------------------------------------------------------------------
+    async def segment(self, name: str | None, image: np.ndarray, options: SegmentOptions) -> SegmentResult:
+        """Class map (and confidence) of one RGB uint8 image [H, W, 3], at that image's size."""
+        entry = self._entry(name)
+        self._check_ready()
+        options.validate()
+        info = entry.info
+        if options.needs_logits and not info.has_logits:
+            raise InvalidOption(
+                f"model {info.name!r} has no {OUTPUT_LOGITS!r} output, which mode=slide, scales and flip need; "
+                "re-export it with danet-export --logits or use mode=whole without test-time augmentation"
+            )
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+            raise InvalidOption(f"image must be uint8 [H, W, 3], got {image.dtype} {list(image.shape)}")
+        height, width = image.shape[:2]
+        if height * width > self.settings.max_pixels:
+            raise PayloadTooLarge(
+                f"image of {height * width} pixels exceeds the limit of {self.settings.max_pixels}"
+            )
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        max_size = options.max_size if options.max_size is not None else self.settings.max_inference_size
+        work_size = inference_size(height, width, max_size)
+        work = resize_rgb(image, work_size)
+        timings["preprocess_ms"] = (time.perf_counter() - t0) * 1000
+
+        t1 = time.perf_counter()
+        confidence: np.ndarray | None
+        if not options.needs_logits:
+            wanted = [OUTPUT_LABELS] + ([OUTPUT_CONFIDENCE] if info.has_confidence else [])
+            out = await self._infer(entry, work[None], wanted)
+            labels = out[OUTPUT_LABELS][0]
+            confidence = out[OUTPUT_CONFIDENCE][0] if info.has_confidence else None
+            timings["inference_ms"] = (time.perf_counter() - t1) * 1000
+            t2 = time.perf_counter()
+        else:
+            fused = await self._fused_logits(entry, work, options)
+            timings["inference_ms"] = (time.perf_counter() - t1) * 1000
+            t2 = time.perf_counter()
+            labels, confidence = await asyncio.to_thread(labels_and_confidence, fused)
+
+        labels = labels.astype(np.uint8 if info.num_classes <= 256 else np.uint16, copy=False)
+        if labels.shape != (height, width):
+            labels = resize_nearest(labels, (height, width))
+            if confidence is not None:
+                confidence = resize_nearest(confidence, (height, width))
+        timings["postprocess_ms"] = (time.perf_counter() - t2) * 1000
+        return SegmentResult(
+            model=info.name,
+            labels=np.ascontiguousarray(labels),
+            confidence=None if confidence is None else np.ascontiguousarray(confidence, dtype=np.float32),
+            timings=timings,
+            provider=entry.handle.provider,
+            inference_size=work_size,
+        )
+
+    async def _fused_logits(self, entry: _Loaded, work: np.ndarray, options: SegmentOptions) -> np.ndarray:
+        """Sum of logits over scales x flips (each resized to the work size), like the official evaluation."""
+        height, width = work.shape[:2]
+
+        async def one(scale: float, flip: bool) -> np.ndarray:
+            size = (height, width) if scale == 1.0 else scaled_size(height, width, scale)
+            picture = resize_rgb(work, size)
+            if flip:
+                picture = np.ascontiguousarray(picture[:, ::-1])
+            logits = await self._logits(entry, picture, options.mode)
+            if flip:
+                logits = logits[:, :, ::-1]
+            return await asyncio.to_thread(resize_logits, logits, (height, width))
+
+        variants = [(s, f) for s in options.scales for f in ((False, True) if options.flip else (False,))]
+        parts = await asyncio.gather(*(one(s, f) for s, f in variants))
+        fused = parts[0].copy() if len(parts) > 1 else parts[0]
+        for part in parts[1:]:
+            fused += part
+        return fused / len(parts)
+
+    async def _logits(self, entry: _Loaded, picture: np.ndarray, mode: str) -> np.ndarray:
+        if mode == "whole":
+            out = await self._infer(entry, picture[None], [OUTPUT_LOGITS])
+            return out[OUTPUT_LOGITS][0].astype(np.float32, copy=False)
+        return await self._slide_logits(entry, picture)
+
+    async def _slide_logits(self, entry: _Loaded, picture: np.ndarray) -> np.ndarray:
+        """Overlapping crops, logits averaged where they overlap. Crops have one shape, so they batch."""
+        height, width = picture.shape[:2]
+        crop = self._slide_crop(entry.info)
+        stride = (
+            max(1, round(crop[0] * self.settings.slide_stride_ratio)),
+            max(1, round(crop[1] * self.settings.slide_stride_ratio)),
+        )
+        windows = slide_windows(height, width, crop, stride)
+        results = await asyncio.gather(
+            *(
+                self._infer(entry, np.ascontiguousarray(picture[None, y0:y1, x0:x1]), [OUTPUT_LOGITS])
+                for y0, y1, x0, x1 in windows
+            )
+        )
+        channels = results[0][OUTPUT_LOGITS].shape[1]
+        total = np.zeros((channels, height, width), dtype=np.float32)
+        count = np.zeros((height, width), dtype=np.float32)
+        for (y0, y1, x0, x1), out in zip(windows, results, strict=True):
+            total[:, y0:y1, x0:x1] += out[OUTPUT_LOGITS][0]
+            count[y0:y1, x0:x1] += 1.0
+        return total / count[None]
+
+    def _slide_crop(self, info: ModelInfo) -> tuple[int, int]:
+        if self.settings.slide_crop is not None:
+            return (self.settings.slide_crop, self.settings.slide_crop)
+        if info.preferred_size is not None:
+            return info.preferred_size
+        return (512, 512)
+
+    def describe(self) -> dict[str, Any]:
+        """Status for /readyz and logs."""
+        return {
+            "ready": self.ready,
+            "models": {
+                name: {
+                    "provider": e.handle.provider,
+                    "fallback": e.handle.fallback,
+                    "batching": e.batcher.max_batch > 1,
+                    "max_batch_size": e.batcher.max_batch,
+                    "queue_depth": e.batcher.depth,
+                }
+                for name, e in self._models.items()
+            },
+        }

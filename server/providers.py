@@ -1,0 +1,174 @@
+"""Execution-provider selection: which onnxruntime provider runs a model, and with which options.
+
+onnxruntime-gpu lists CUDA/TensorRT as *available* even on a machine without a GPU and then quietly runs
+on CPU (onnxruntime #23372). So the active provider is read back from the created session, a CPU fallback
+is logged loudly, and ``require_gpu`` turns it into a start-up failure.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import onnxruntime as ort
+
+from server.errors import ModelLoadError
+from server.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+TENSORRT = "TensorrtExecutionProvider"
+GPU_PROVIDERS = frozenset(
+    {CUDA, TENSORRT, "ROCMExecutionProvider", "MIGraphXExecutionProvider", "DmlExecutionProvider"}
+)
+
+_OPT_LEVELS = {
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+
+SessionFactory = Callable[..., Any]
+
+
+@dataclass
+class SessionHandle:
+    """A created session and what we learned while creating it."""
+
+    session: Any
+    provider: str  # the provider that actually runs the graph (first of session.get_providers())
+    requested: list[str]  # what we asked for, in order, after dropping unavailable providers
+    fallback: bool  # a GPU provider was wanted but the session runs on CPU
+    notes: list[str] = field(default_factory=list)  # why providers were dropped
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.provider in GPU_PROVIDERS
+
+
+def plan_providers(wanted: Sequence[str], available: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Keep the wanted providers that onnxruntime offers, in the wanted order; CPU always closes the list.
+
+    Returns (plan, notes) where notes explain each dropped provider.
+    """
+    plan: list[str] = []
+    notes: list[str] = []
+    for name in wanted:
+        if name in plan:
+            continue
+        if name in available:
+            plan.append(name)
+        else:
+            notes.append(f"{name} is not available in this onnxruntime build")
+    if CPU not in plan:
+        plan.append(CPU)
+    return plan, notes
+
+
+def provider_options(name: str, settings: Settings) -> dict[str, Any]:
+    """onnxruntime provider options for ``name`` from the settings."""
+    if name == CUDA:
+        options: dict[str, Any] = {
+            "device_id": settings.device_id,
+            "cudnn_conv_algo_search": settings.cudnn_conv_algo_search,
+            "arena_extend_strategy": settings.arena_extend_strategy,
+            "do_copy_in_default_stream": True,
+        }
+        if settings.gpu_mem_limit_mb is not None:
+            options["gpu_mem_limit"] = settings.gpu_mem_limit_mb * 1024 * 1024
+        return options
+    if name == TENSORRT:
+        cache = str(Path(settings.trt_cache_dir).expanduser())
+        return {
+            "device_id": settings.device_id,
+            "trt_engine_cache_enable": True,
+            "trt_engine_cache_path": cache,
+            "trt_timing_cache_enable": True,
+            "trt_timing_cache_path": cache,
+            "trt_fp16_enable": settings.trt_fp16,
+        }
+    return {}
+
+
+def session_options(settings: Settings) -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = _OPT_LEVELS[settings.graph_optimization]
+    if settings.intra_op_threads:
+        options.intra_op_num_threads = settings.intra_op_threads
+    if settings.inter_op_threads:
+        options.inter_op_num_threads = settings.inter_op_threads
+    options.log_severity_level = 3  # provider load failures are reported by us, once, clearly
+    return options
+
+
+def create_session(
+    model: Path | bytes,
+    settings: Settings,
+    *,
+    label: str = "model",
+    available: Sequence[str] | None = None,
+    factory: SessionFactory | None = None,
+) -> SessionHandle:
+    """Create an inference session on the best provider that works.
+
+    Tries the planned provider list; if creation raises, drops the first provider and tries again, so a
+    broken TensorRT install still gets CUDA. Raises ModelLoadError when the model cannot be loaded at all,
+    or when ``settings.require_gpu`` is set and no GPU provider became active.
+    """
+    available = list(ort.get_available_providers() if available is None else available)
+    factory = factory or ort.InferenceSession
+    plan, notes = plan_providers(settings.providers, available)
+    if settings.require_gpu and not any(p in GPU_PROVIDERS for p in plan):
+        raise ModelLoadError(
+            f"require_gpu is set but no GPU execution provider is usable for {label}: requested "
+            f"{list(settings.providers)}, onnxruntime offers {available}. Install onnxruntime-gpu with CUDA "
+            "or unset DANET_REQUIRE_GPU."
+        )
+    source = str(model) if isinstance(model, Path) else model
+    attempt = list(plan)
+    last_error: Exception | None = None
+    session = None
+    while attempt:
+        try:
+            session = factory(
+                source,
+                sess_options=session_options(settings),
+                providers=[(name, provider_options(name, settings)) for name in attempt],
+            )
+            break
+        except Exception as exc:  # onnxruntime raises plain RuntimeError/Fail/InvalidGraph types
+            last_error = exc
+            if attempt == [CPU] or len(attempt) == 1:
+                break
+            notes.append(f"{attempt[0]} failed to initialise: {_one_line(exc)}")
+            attempt = attempt[1:]
+    if session is None:
+        raise ModelLoadError(f"cannot load {label}: {_one_line(last_error)}") from last_error
+
+    active_list = list(session.get_providers())
+    active = active_list[0] if active_list else CPU
+    wanted_gpu = [p for p in settings.providers if p in GPU_PROVIDERS]
+    fallback = bool(wanted_gpu) and active not in GPU_PROVIDERS
+    if fallback:
+        if any(p in GPU_PROVIDERS for p in attempt) and active not in attempt[:1]:
+            notes.append(f"onnxruntime did not activate {attempt[0]} (no usable GPU / CUDA libraries?)")
+        message = (
+            f"{label}: running on {active} although {wanted_gpu} were requested "
+            f"({'; '.join(notes) or 'no GPU provider available'})"
+        )
+        if settings.require_gpu:
+            raise ModelLoadError(f"require_gpu is set: {message}")
+        logger.warning("GPU FALLBACK: %s", message, extra={"provider": active, "model": label})
+    logger.info("%s: active execution provider %s", label, active, extra={"provider": active, "model": label})
+    return SessionHandle(session=session, provider=active, requested=attempt, fallback=fallback, notes=notes)
+
+
+def _one_line(exc: BaseException | None) -> str:
+    text = str(exc) if exc is not None else "unknown error"
+    return " ".join(text.split())[:500]

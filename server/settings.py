@@ -1,0 +1,169 @@
+"""Server configuration: one ``Settings`` object built in ``server.main.main()`` and passed down.
+
+Every field can be set by a ``DANET_<FIELD>`` environment variable (lists as JSON or comma-separated) or by
+keyword when constructing ``Settings`` (the ``danet-serve`` flags do that). Nothing here reads files or loads
+models; it only describes what to do.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from common.contract import DEFAULT_GRPC_PORT, DEFAULT_HTTP_PORT, ENV_PREFIX
+
+DEFAULT_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+
+
+def _split_list(value: Any) -> Any:
+    """Accept a JSON list or a comma-separated string for list settings given as one string."""
+    if isinstance(value, str):
+        text = value.strip()
+        if not text:
+            return []
+        if text.startswith("["):
+            return json.loads(text)
+        return [part.strip() for part in text.split(",") if part.strip()]
+    return value
+
+
+def parse_size(value: str | tuple[int, int] | list[int]) -> tuple[int, int]:
+    """``"512"`` -> (512, 512); ``"512x1024"`` (height x width) -> (512, 1024)."""
+    if isinstance(value, tuple | list):
+        if len(value) != 2:
+            raise ValueError(f"expected [height, width], got {value!r}")
+        h, w = int(value[0]), int(value[1])
+    else:
+        parts = str(value).lower().replace("*", "x").split("x")
+        if len(parts) == 1:
+            h = w = int(parts[0])
+        elif len(parts) == 2:
+            h, w = int(parts[0]), int(parts[1])
+        else:
+            raise ValueError(f"expected HEIGHTxWIDTH, got {value!r}")
+    if h < 1 or w < 1:
+        raise ValueError(f"sizes must be positive, got {value!r}")
+    return h, w
+
+
+class Settings(BaseSettings):
+    """All knobs of danet-serve. Field docs double as ``--help`` texts for the CLI."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", validate_default=True)
+
+    # --- network -----------------------------------------------------------------------------------
+    host: str = Field("0.0.0.0", description="Interface to bind HTTP and gRPC to.")
+    http_port: int = Field(DEFAULT_HTTP_PORT, ge=0, le=65535, description="HTTP port (0 = any free port).")
+    grpc_port: int = Field(
+        DEFAULT_GRPC_PORT, ge=-1, le=65535, description="gRPC port (0 = any free port, -1 = no gRPC server)."
+    )
+
+    # --- models ------------------------------------------------------------------------------------
+    models: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list,
+        description="ONNX files or directories of .onnx files; empty = the embedded default model.",
+    )
+    default_model: str | None = Field(
+        None, description="Model used when a request names none (default: the first)."
+    )
+
+    # --- execution providers -----------------------------------------------------------------------
+    providers: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: list(DEFAULT_PROVIDERS),
+        description="onnxruntime execution providers in priority order; unavailable ones are skipped.",
+    )
+    require_gpu: bool = Field(False, description="Refuse to start unless a GPU provider is active.")
+    device_id: int = Field(0, ge=0, description="CUDA device index.")
+    intra_op_threads: int = Field(
+        0, ge=0, description="onnxruntime intra-op threads (0 = onnxruntime default)."
+    )
+    inter_op_threads: int = Field(
+        0, ge=0, description="onnxruntime inter-op threads (0 = onnxruntime default)."
+    )
+    graph_optimization: Literal["disable", "basic", "extended", "all"] = Field(
+        "all", description="onnxruntime graph optimisation level."
+    )
+    cudnn_conv_algo_search: Literal["HEURISTIC", "EXHAUSTIVE", "DEFAULT"] = Field(
+        "HEURISTIC", description="cuDNN convolution algorithm search (EXHAUSTIVE costs ~0.6 s per new shape)."
+    )
+    gpu_mem_limit_mb: int | None = Field(None, ge=1, description="CUDA arena limit in MiB (None = no limit).")
+    arena_extend_strategy: Literal["kSameAsRequested", "kNextPowerOfTwo"] = Field(
+        "kSameAsRequested", description="CUDA arena growth strategy."
+    )
+    trt_cache_dir: Path = Field(
+        Path.home() / ".cache" / "danet-serve" / "tensorrt",
+        description="Persistent TensorRT engine + timing cache directory.",
+    )
+    trt_fp16: bool = Field(False, description="Let TensorRT build fp16 engines.")
+    io_binding: bool = Field(True, description="Use onnxruntime IO binding when a GPU provider is active.")
+
+    # --- scheduling --------------------------------------------------------------------------------
+    workers: int = Field(1, ge=1, le=64, description="Inference worker threads per model.")
+    batching: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="Dynamic batching of same-shape requests (auto = on for GPU providers, off on CPU).",
+    )
+    max_batch_size: int = Field(8, ge=1, le=256, description="Largest dynamic batch (images).")
+    batch_delay_ms: float = Field(
+        2.0, ge=0.0, le=1000.0, description="How long a batch waits for more same-shape requests."
+    )
+    max_queue: int = Field(64, ge=1, description="Queued requests per model before answering 503 Overloaded.")
+    retry_after_s: int = Field(1, ge=0, description="Retry-After seconds sent with 503 Overloaded.")
+    request_timeout_s: float = Field(120.0, gt=0, description="Deadline for one inference (queue + run).")
+    warmup_sizes: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["preferred"],
+        description="Shape buckets run once before ready: HxW or 'preferred' (the model's metadata size).",
+    )
+
+    # --- segmentation defaults ---------------------------------------------------------------------
+    max_inference_size: int | None = Field(
+        2048, ge=8, description="Longest side used for inference; larger images are shrunk (None = never)."
+    )
+    slide_crop: int | None = Field(
+        None, ge=8, description="Sliding-window crop size (default: the model's preferred size)."
+    )
+    slide_stride_ratio: float = Field(2 / 3, gt=0.0, le=1.0, description="Sliding-window stride / crop.")
+
+    # --- limits ------------------------------------------------------------------------------------
+    max_upload_bytes: int = Field(
+        32 * 1024 * 1024, ge=1, description="Largest accepted request body (bytes)."
+    )
+    max_pixels: int = Field(40_000_000, ge=1, description="Largest accepted image (width x height).")
+
+    # --- HTTP --------------------------------------------------------------------------------------
+    api_key: SecretStr | None = Field(None, description="Require this key (Bearer or X-API-Key) when set.")
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Allowed CORS origins."
+    )
+    log_format: Literal["json", "text"] = Field("json", description="Log line format.")
+    log_level: str = Field("INFO", description="Log level.")
+    access_log: bool = Field(True, description="Log one line per HTTP request.")
+    shutdown_grace_s: float = Field(30.0, ge=0.0, description="Time to finish in-flight requests on SIGTERM.")
+    grpc_max_message_bytes: int = Field(
+        256 * 1024 * 1024, ge=4 * 1024 * 1024, description="gRPC max send/receive message size."
+    )
+
+    @field_validator("models", "providers", "warmup_sizes", "cors_origins", mode="before")
+    @classmethod
+    def _lists(cls, value: Any) -> Any:
+        return _split_list(value)
+
+    @field_validator("warmup_sizes")
+    @classmethod
+    def _check_sizes(cls, value: list[str]) -> list[str]:
+        for item in value:
+            if item != "preferred":
+                parse_size(item)
+        return value
+
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _empty_key_is_none(cls, value: Any) -> Any:
+        return None if value == "" else value
+
+    def api_key_value(self) -> str | None:
+        return self.api_key.get_secret_value() if self.api_key is not None else None
