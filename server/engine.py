@@ -102,6 +102,10 @@ class Engine:
         return self._ready and not self._closing
 
     @property
+    def closing(self) -> bool:
+        return self._closing
+
+    @property
     def loaded(self) -> bool:
         return bool(self._models)
 

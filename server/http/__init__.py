@@ -1,0 +1,1 @@
+"""REST adapter (FastAPI): ``create_app(settings, engine)`` in ``server.http.app``."""

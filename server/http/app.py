@@ -1,0 +1,53 @@
+"""``create_app(settings, engine)``: the FastAPI application over one shared Engine.
+
+The app does not own the engine's lifecycle: ``server.main`` (or a test) loads and closes it, so the
+same engine can serve the gRPC adapter in the same process.
+"""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from server import __version__
+from server.engine import Engine
+from server.http import kserve
+from server.http.errors import install_error_handlers
+from server.http.middleware import ServiceMiddleware
+from server.http.routes import segment, service, ui
+from server.settings import Settings
+
+DESCRIPTION = """DANet scene segmentation over onnxruntime.
+
+`POST /segment` with an image (multipart field `image` or the raw body) returns a colour, index or overlay
+PNG of the input's size, or JSON statistics. KServe v2 / Open Inference Protocol under `/v2`.
+When an API key is configured, send `Authorization: Bearer <key>` or `X-API-Key: <key>`.
+"""
+
+
+def create_app(settings: Settings, engine: Engine) -> FastAPI:
+    app = FastAPI(
+        title="danet-serve",
+        version=__version__,
+        description=DESCRIPTION,
+        docs_url="/docs",
+        redoc_url=None,
+    )
+    app.state.settings = settings
+    app.state.engine = engine
+    install_error_handlers(app)
+    app.include_router(ui.build_router())
+    app.include_router(segment.router)
+    app.include_router(service.router)
+    app.include_router(kserve.router)
+    app.add_middleware(ServiceMiddleware, settings=settings, metrics=engine.metrics)
+    if settings.cors_origins:
+        # added last = outermost: preflight requests are answered before authentication
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_headers=["Authorization", "X-API-Key", "Content-Type", "X-Request-ID", "Accept"],
+            expose_headers=["X-Request-ID", "X-Danet-Provider", "X-Danet-Model", "X-Danet-Inference-Ms"],
+        )
+    return app
