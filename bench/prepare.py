@@ -1,0 +1,142 @@
+"""The models a benchmark run measures, prepared before any timing starts.
+
+* ``default``: the embedded default model (``models/weights``), its checkpoint for PyTorch eager, and
+  int8/fp16 variants exported from that checkpoint;
+* ``r50``: DANet-ResNet50-OS8 (deep stem, 19 classes) with seeded random weights, saved as a native
+  checkpoint and exported on the fly with ``export.onnx_export`` (random weights decide nothing but
+  speed, which is what is measured);
+* ``tiny``: :mod:`bench.tiny_model` (harness smoke tests; no checkpoint, no variants);
+* an explicit ``--model PATH`` (plus optional ``--checkpoint`` / ``--int8-model`` / ``--fp16-model``).
+
+Exports are cached in the work directory by architecture, seed and precision so that a second run
+does not pay for them again (``--rebuild`` to redo). Everything that imports torch runs in a
+separate process (see :mod:`bench.isolate`), so the measuring processes never carry torch's memory.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from common.contract import DEFAULT_CHECKPOINT, DEFAULT_MODEL_NAME, DEFAULT_ONNX
+
+logger = logging.getLogger(__name__)
+
+PRECISIONS = ("fp32", "int8", "fp16")
+
+
+@dataclass
+class PreparedModel:
+    """One model under test: the fp32 ONNX (the floor's and the server's), and what else could be built."""
+
+    name: str
+    arch: str
+    onnx: Path
+    checkpoint: Path | None = None
+    variants: dict[str, Path] = field(default_factory=dict)  # precision -> ONNX file
+    notes: list[str] = field(default_factory=list)  # why a variant or eager run is missing
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "arch": self.arch,
+            "onnx": str(self.onnx),
+            "checkpoint": str(self.checkpoint) if self.checkpoint else None,
+            "variants": {k: str(v) for k, v in self.variants.items()},
+            "notes": list(self.notes),
+        }
+
+
+def _export_variants(
+    checkpoint: Path, stem: Path, precisions: list[str], rebuild: bool, notes: list[str]
+) -> dict[str, Path]:
+    """Export the requested precisions of ``checkpoint`` to ``<stem>-<precision>.onnx`` (cached)."""
+    variants: dict[str, Path] = {}
+    if not precisions:
+        return variants
+    try:
+        from export.onnx_export import export_onnx
+
+        from models.checkpoints import load_checkpoint
+    except ImportError as exc:
+        notes.append(f"variants {precisions} skipped: the export extra is not importable ({exc})")
+        return variants
+    loaded = None
+    for precision in precisions:
+        out = stem.parent / f"{stem.name}-{precision}.onnx"
+        if out.exists() and not rebuild:
+            variants[precision] = out
+            continue
+        try:
+            loaded = loaded or load_checkpoint(checkpoint)
+            logger.info("exporting %s (%s)", out.name, precision)
+            flags = {"fp16": precision == "fp16", "int8": precision == "int8"}
+            export_onnx(loaded, out, verify=False, **flags)
+            variants[precision] = out
+        except Exception as exc:  # report, never hide: the table says why the row is missing
+            notes.append(
+                f"{precision} export failed: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+            )
+    return variants
+
+
+def prepare_default(work_dir: Path, precisions: list[str], rebuild: bool = False) -> PreparedModel:
+    notes: list[str] = []
+    if not DEFAULT_ONNX.exists():
+        raise FileNotFoundError(f"the embedded default model {DEFAULT_ONNX} is missing")
+    checkpoint = DEFAULT_CHECKPOINT if DEFAULT_CHECKPOINT.exists() else None
+    if checkpoint is None:
+        notes.append(f"no checkpoint at {DEFAULT_CHECKPOINT}: no PyTorch eager row, no variants")
+    wanted = [p for p in precisions if p != "fp32"]
+    variants = (
+        _export_variants(checkpoint, work_dir / DEFAULT_MODEL_NAME, wanted, rebuild, notes)
+        if checkpoint
+        else {}
+    )
+    return PreparedModel(DEFAULT_MODEL_NAME, "default", DEFAULT_ONNX, checkpoint, variants, notes)
+
+
+def prepare_r50(
+    work_dir: Path, precisions: list[str], *, seed: int = 0, rebuild: bool = False
+) -> PreparedModel:
+    """DANet-ResNet50-OS8 with random weights: native checkpoint + fp32 export (+ variants)."""
+    import torch
+    from export.onnx_export import export_onnx
+
+    from models.checkpoints import load_checkpoint
+    from models.checkpoints.native import save_native
+    from models.danet import danet_resnet50
+
+    notes: list[str] = []
+    work_dir.mkdir(parents=True, exist_ok=True)
+    stem = work_dir / f"danet-r50-os8-seed{seed}"
+    checkpoint = stem.with_suffix(".safetensors")
+    fp32 = stem.parent / f"{stem.name}-fp32.onnx"
+    if rebuild or not checkpoint.exists():
+        torch.manual_seed(seed)
+        model = danet_resnet50(num_classes=19, output_stride=8, name="danet-r50-os8-random").eval()
+        save_native(model, model.config, checkpoint)
+    if rebuild or not fp32.exists():
+        logger.info("exporting %s", fp32.name)
+        export_onnx(load_checkpoint(checkpoint), fp32, verify=False)
+    variants = _export_variants(checkpoint, stem, [p for p in precisions if p != "fp32"], rebuild, notes)
+    return PreparedModel("danet-r50-os8", "r50", fp32, checkpoint, variants, notes)
+
+
+def prepare_tiny(work_dir: Path) -> PreparedModel:
+    from bench.tiny_model import build_tiny_model
+
+    path = build_tiny_model(work_dir / "tiny.onnx", layers=2, channels=8)
+    return PreparedModel("tiny", "tiny", path, None, {}, ["tiny harness model: no checkpoint, no variants"])
+
+
+def prepare_explicit(
+    model: Path, checkpoint: Path | None, int8: Path | None, fp16: Path | None, precisions: list[str]
+) -> PreparedModel:
+    if not model.exists():
+        raise FileNotFoundError(f"--model {model} does not exist")
+    variants = {k: v for k, v in (("int8", int8), ("fp16", fp16)) if v is not None and k in precisions}
+    notes = [] if checkpoint else ["no --checkpoint: no PyTorch eager row"]
+    return PreparedModel(model.stem, "explicit", model, checkpoint, variants, notes)
