@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.datastructures import UploadFile
 
 from server.engine import SegmentOptions, SegmentResult
-from server.errors import InvalidOption
+from server.errors import InvalidOption, PayloadTooLarge
 from server.http.deps import EngineDep, SettingsDep
 from server.imaging import (
     SUPPORTED_MEDIA_TYPES,
@@ -97,8 +97,11 @@ def parse_scales(text: str | None) -> tuple[float, ...]:
         raise InvalidOption(f"scales must be comma-separated numbers, got {text!r}") from exc
 
 
-async def read_image_bytes(request: Request) -> tuple[bytes, str | None]:
-    """The image bytes and their declared media type, from a multipart field ``image`` or the raw body."""
+async def read_image_bytes(request: Request, max_bytes: int) -> tuple[bytes, str | None]:
+    """The image bytes and their declared media type, from a multipart field ``image`` or the raw body.
+
+    The body as a whole is capped while it streams in (``ServiceMiddleware``); the image part is capped
+    here too, since a multipart body may carry a little more than the image."""
     content_type = request.headers.get("content-type")
     if media_type(content_type) == "multipart/form-data":
         form = await request.form(max_files=1, max_fields=16)
@@ -106,6 +109,8 @@ async def read_image_bytes(request: Request) -> tuple[bytes, str | None]:
             upload = form.get("image")
             if not isinstance(upload, UploadFile):
                 raise InvalidOption("multipart body has no file field named 'image'")
+            if upload.size is not None and upload.size > max_bytes:
+                raise PayloadTooLarge(f"image of {upload.size} bytes exceeds the limit of {max_bytes} bytes")
             return await upload.read(), upload.content_type
         finally:
             await form.close()
@@ -156,7 +161,7 @@ async def segment(
     options = SegmentOptions(mode=mode, scales=parse_scales(scales), flip=flip, max_size=max_size)
     options.validate()
     info = engine.get_model(model)  # 404 before reading the body
-    data, declared = await read_image_bytes(request)
+    data, declared = await read_image_bytes(request, settings.max_upload_bytes)
     t1 = time.perf_counter()
     image = await asyncio.to_thread(decode_image, data, max_pixels=settings.max_pixels, content_type=declared)
     decode_ms = (time.perf_counter() - t1) * 1000
