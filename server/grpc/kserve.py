@@ -71,7 +71,7 @@ def raw_bytes(array: np.ndarray) -> bytes:
 def _config_type(datatype: str) -> str:
     """KServe datatype string -> model-config enum name ("UINT8" -> "TYPE_UINT8")."""
     name = f"TYPE_{datatype}"
-    return name if name in config_pb.DataType.keys() else "TYPE_INVALID"
+    return name if name in config_pb.DataType.keys() else "TYPE_INVALID"  # noqa: SIM118 (enum wrapper)
 
 
 class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):

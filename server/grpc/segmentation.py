@@ -195,12 +195,20 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
                 )
             )
         if pb.OUTPUT_KIND_COLOR in kinds:
-            reply.color_png = imaging.encode_png(imaging.colorize(labels, info.palette))
+            if labels.dtype == np.uint8 and len(info.palette) <= 256:
+                reply.color_png = imaging.encode_png(labels, palette=info.palette)
+            else:
+                reply.color_png = imaging.encode_png(imaging.colorize(labels, info.palette))
         if pb.OUTPUT_KIND_OVERLAY in kinds:
             alpha = request.options.alpha if request.options.HasField("alpha") else DEFAULT_ALPHA
-            reply.overlay_png = imaging.encode_png(imaging.overlay(image, labels, info.palette, alpha))
+            reply.overlay_png = imaging.encode_png(
+                imaging.overlay(image, labels, info.palette, alpha), level=1
+            )
         if pb.OUTPUT_KIND_STATS in kinds:
-            reply.stats.extend(pb.ClassStat(**s) for s in imaging.class_stats(labels, info.classes))
+            for entry in imaging.class_stats(labels, info.classes):
+                stat = reply.stats.add(**entry)
+                if result.confidence is not None:
+                    stat.mean_confidence = float(result.confidence[labels == entry["id"]].mean())
         if pb.OUTPUT_KIND_CONFIDENCE in kinds and result.confidence is not None:
             reply.confidence = _little_endian(result.confidence.astype(np.float32, copy=False))
         reply.timings_ms.update({k: float(v) for k, v in result.timings.items()})

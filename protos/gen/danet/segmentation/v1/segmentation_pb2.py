@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(danet/segmentation/v1/segmentation.proto\x12\x15\x64\x61net.segmentation.v1\"9\n\x08RawImage\x12\x0e\n\x06height\x18\x01 \x01(\r\x12\r\n\x05width\x18\x02 \x01(\r\x12\x0e\n\x06pixels\x18\x03 \x01(\x0c\"\x9c\x02\n\x0eSegmentOptions\x12\r\n\x05model\x18\x01 \x01(\t\x12\x32\n\x07outputs\x18\x02 \x03(\x0e\x32!.danet.segmentation.v1.OutputKind\x12<\n\x0elabel_encoding\x18\x03 \x01(\x0e\x32$.danet.segmentation.v1.LabelEncoding\x12\x12\n\x05\x61lpha\x18\x04 \x01(\x02H\x00\x88\x01\x01\x12)\n\x04mode\x18\x05 \x01(\x0e\x32\x1b.danet.segmentation.v1.Mode\x12\x0e\n\x06scales\x18\x06 \x03(\x02\x12\x0c\n\x04\x66lip\x18\x07 \x01(\x08\x12\x15\n\x08max_size\x18\x08 \x01(\rH\x01\x88\x01\x01\x42\x08\n\x06_alphaB\x0b\n\t_max_size\"\xa0\x01\n\x0eSegmentRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\x07\x65ncoded\x18\x02 \x01(\x0cH\x00\x12.\n\x03raw\x18\x03 \x01(\x0b\x32\x1f.danet.segmentation.v1.RawImageH\x00\x12\x36\n\x07options\x18\x04 \x01(\x0b\x32%.danet.segmentation.v1.SegmentOptionsB\x07\n\x05image\"~\n\x08LabelMap\x12\x36\n\x08\x65ncoding\x18\x01 \x01(\x0e\x32$.danet.segmentation.v1.LabelEncoding\x12\x0e\n\x06height\x18\x02 \x01(\r\x12\r\n\x05width\x18\x03 \x01(\r\x12\r\n\x05\x64type\x18\x04 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x05 \x01(\x0c\"G\n\tClassStat\x12\n\n\x02id\x18\x01 \x01(\r\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0e\n\x06pixels\x18\x03 \x01(\x04\x12\x10\n\x08\x66raction\x18\x04 \x01(\x01\"&\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"\xa5\x03\n\x0fSegmentResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x10\n\x08provider\x18\x03 \x01(\t\x12\x0e\n\x06height\x18\x04 \x01(\r\x12\r\n\x05width\x18\x05 \x01(\r\x12/\n\x06labels\x18\x06 \x01(\x0b\x32\x1f.danet.segmentation.v1.LabelMap\x12\x11\n\tcolor_png\x18\x07 \x01(\x0c\x12\x13\n\x0boverlay_png\x18\x08 \x01(\x0c\x12/\n\x05stats\x18\t \x03(\x0b\x32 .danet.segmentation.v1.ClassStat\x12\x12\n\nconfidence\x18\n \x01(\x0c\x12I\n\ntimings_ms\x18\x0b \x03(\x0b\x32\x35.danet.segmentation.v1.SegmentResponse.TimingsMsEntry\x12+\n\x05\x65rror\x18\x0c \x01(\x0b\x32\x1c.danet.segmentation.v1.Error\x1a\x30\n\x0eTimingsMsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x13\n\x11ListModelsRequest\"(\n\x05\x43olor\x12\t\n\x01r\x18\x01 \x01(\r\x12\t\n\x01g\x18\x02 \x01(\r\x12\t\n\x01\x62\x18\x03 \x01(\r\"8\n\nTensorSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\"\xc5\x02\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x63lasses\x18\x02 \x03(\t\x12-\n\x07palette\x18\x03 \x03(\x0b\x32\x1c.danet.segmentation.v1.Color\x12\x10\n\x08provider\x18\x04 \x01(\t\x12\x31\n\x06inputs\x18\x05 \x03(\x0b\x32!.danet.segmentation.v1.TensorSpec\x12\x32\n\x07outputs\x18\x06 \x03(\x0b\x32!.danet.segmentation.v1.TensorSpec\x12@\n\x08metadata\x18\x07 \x03(\x0b\x32..danet.segmentation.v1.ModelInfo.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"]\n\x12ListModelsResponse\x12\x30\n\x06models\x18\x01 \x03(\x0b\x32 .danet.segmentation.v1.ModelInfo\x12\x15\n\rdefault_model\x18\x02 \x01(\t*\xa3\x01\n\nOutputKind\x12\x1b\n\x17OUTPUT_KIND_UNSPECIFIED\x10\x00\x12\x15\n\x11OUTPUT_KIND_INDEX\x10\x01\x12\x15\n\x11OUTPUT_KIND_COLOR\x10\x02\x12\x17\n\x13OUTPUT_KIND_OVERLAY\x10\x03\x12\x15\n\x11OUTPUT_KIND_STATS\x10\x04\x12\x1a\n\x16OUTPUT_KIND_CONFIDENCE\x10\x05*_\n\rLabelEncoding\x12\x1e\n\x1aLABEL_ENCODING_UNSPECIFIED\x10\x00\x12\x16\n\x12LABEL_ENCODING_PNG\x10\x01\x12\x16\n\x12LABEL_ENCODING_RAW\x10\x02*<\n\x04Mode\x12\x14\n\x10MODE_UNSPECIFIED\x10\x00\x12\x0e\n\nMODE_WHOLE\x10\x01\x12\x0e\n\nMODE_SLIDE\x10\x02\x32\xb6\x02\n\x13SegmentationService\x12X\n\x07Segment\x12%.danet.segmentation.v1.SegmentRequest\x1a&.danet.segmentation.v1.SegmentResponse\x12\x62\n\rSegmentStream\x12%.danet.segmentation.v1.SegmentRequest\x1a&.danet.segmentation.v1.SegmentResponse(\x01\x30\x01\x12\x61\n\nListModels\x12(.danet.segmentation.v1.ListModelsRequest\x1a).danet.segmentation.v1.ListModelsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(danet/segmentation/v1/segmentation.proto\x12\x15\x64\x61net.segmentation.v1\"9\n\x08RawImage\x12\x0e\n\x06height\x18\x01 \x01(\r\x12\r\n\x05width\x18\x02 \x01(\r\x12\x0e\n\x06pixels\x18\x03 \x01(\x0c\"\x9c\x02\n\x0eSegmentOptions\x12\r\n\x05model\x18\x01 \x01(\t\x12\x32\n\x07outputs\x18\x02 \x03(\x0e\x32!.danet.segmentation.v1.OutputKind\x12<\n\x0elabel_encoding\x18\x03 \x01(\x0e\x32$.danet.segmentation.v1.LabelEncoding\x12\x12\n\x05\x61lpha\x18\x04 \x01(\x02H\x00\x88\x01\x01\x12)\n\x04mode\x18\x05 \x01(\x0e\x32\x1b.danet.segmentation.v1.Mode\x12\x0e\n\x06scales\x18\x06 \x03(\x02\x12\x0c\n\x04\x66lip\x18\x07 \x01(\x08\x12\x15\n\x08max_size\x18\x08 \x01(\rH\x01\x88\x01\x01\x42\x08\n\x06_alphaB\x0b\n\t_max_size\"\xa0\x01\n\x0eSegmentRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\x07\x65ncoded\x18\x02 \x01(\x0cH\x00\x12.\n\x03raw\x18\x03 \x01(\x0b\x32\x1f.danet.segmentation.v1.RawImageH\x00\x12\x36\n\x07options\x18\x04 \x01(\x0b\x32%.danet.segmentation.v1.SegmentOptionsB\x07\n\x05image\"~\n\x08LabelMap\x12\x36\n\x08\x65ncoding\x18\x01 \x01(\x0e\x32$.danet.segmentation.v1.LabelEncoding\x12\x0e\n\x06height\x18\x02 \x01(\r\x12\r\n\x05width\x18\x03 \x01(\r\x12\r\n\x05\x64type\x18\x04 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x05 \x01(\x0c\"y\n\tClassStat\x12\n\n\x02id\x18\x01 \x01(\r\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0e\n\x06pixels\x18\x03 \x01(\x04\x12\x10\n\x08\x66raction\x18\x04 \x01(\x01\x12\x1c\n\x0fmean_confidence\x18\x05 \x01(\x01H\x00\x88\x01\x01\x42\x12\n\x10_mean_confidence\"&\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"\xa5\x03\n\x0fSegmentResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x10\n\x08provider\x18\x03 \x01(\t\x12\x0e\n\x06height\x18\x04 \x01(\r\x12\r\n\x05width\x18\x05 \x01(\r\x12/\n\x06labels\x18\x06 \x01(\x0b\x32\x1f.danet.segmentation.v1.LabelMap\x12\x11\n\tcolor_png\x18\x07 \x01(\x0c\x12\x13\n\x0boverlay_png\x18\x08 \x01(\x0c\x12/\n\x05stats\x18\t \x03(\x0b\x32 .danet.segmentation.v1.ClassStat\x12\x12\n\nconfidence\x18\n \x01(\x0c\x12I\n\ntimings_ms\x18\x0b \x03(\x0b\x32\x35.danet.segmentation.v1.SegmentResponse.TimingsMsEntry\x12+\n\x05\x65rror\x18\x0c \x01(\x0b\x32\x1c.danet.segmentation.v1.Error\x1a\x30\n\x0eTimingsMsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x13\n\x11ListModelsRequest\"(\n\x05\x43olor\x12\t\n\x01r\x18\x01 \x01(\r\x12\t\n\x01g\x18\x02 \x01(\r\x12\t\n\x01\x62\x18\x03 \x01(\r\"8\n\nTensorSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x64type\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\"\xc5\x02\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x63lasses\x18\x02 \x03(\t\x12-\n\x07palette\x18\x03 \x03(\x0b\x32\x1c.danet.segmentation.v1.Color\x12\x10\n\x08provider\x18\x04 \x01(\t\x12\x31\n\x06inputs\x18\x05 \x03(\x0b\x32!.danet.segmentation.v1.TensorSpec\x12\x32\n\x07outputs\x18\x06 \x03(\x0b\x32!.danet.segmentation.v1.TensorSpec\x12@\n\x08metadata\x18\x07 \x03(\x0b\x32..danet.segmentation.v1.ModelInfo.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"]\n\x12ListModelsResponse\x12\x30\n\x06models\x18\x01 \x03(\x0b\x32 .danet.segmentation.v1.ModelInfo\x12\x15\n\rdefault_model\x18\x02 \x01(\t*\xa3\x01\n\nOutputKind\x12\x1b\n\x17OUTPUT_KIND_UNSPECIFIED\x10\x00\x12\x15\n\x11OUTPUT_KIND_INDEX\x10\x01\x12\x15\n\x11OUTPUT_KIND_COLOR\x10\x02\x12\x17\n\x13OUTPUT_KIND_OVERLAY\x10\x03\x12\x15\n\x11OUTPUT_KIND_STATS\x10\x04\x12\x1a\n\x16OUTPUT_KIND_CONFIDENCE\x10\x05*_\n\rLabelEncoding\x12\x1e\n\x1aLABEL_ENCODING_UNSPECIFIED\x10\x00\x12\x16\n\x12LABEL_ENCODING_PNG\x10\x01\x12\x16\n\x12LABEL_ENCODING_RAW\x10\x02*<\n\x04Mode\x12\x14\n\x10MODE_UNSPECIFIED\x10\x00\x12\x0e\n\nMODE_WHOLE\x10\x01\x12\x0e\n\nMODE_SLIDE\x10\x02\x32\xb6\x02\n\x13SegmentationService\x12X\n\x07Segment\x12%.danet.segmentation.v1.SegmentRequest\x1a&.danet.segmentation.v1.SegmentResponse\x12\x62\n\rSegmentStream\x12%.danet.segmentation.v1.SegmentRequest\x1a&.danet.segmentation.v1.SegmentResponse(\x01\x30\x01\x12\x61\n\nListModels\x12(.danet.segmentation.v1.ListModelsRequest\x1a).danet.segmentation.v1.ListModelsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,12 +35,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SEGMENTRESPONSE_TIMINGSMSENTRY']._serialized_options = b'8\001'
   _globals['_MODELINFO_METADATAENTRY']._loaded_options = None
   _globals['_MODELINFO_METADATAENTRY']._serialized_options = b'8\001'
-  _globals['_OUTPUTKIND']._serialized_start=1786
-  _globals['_OUTPUTKIND']._serialized_end=1949
-  _globals['_LABELENCODING']._serialized_start=1951
-  _globals['_LABELENCODING']._serialized_end=2046
-  _globals['_MODE']._serialized_start=2048
-  _globals['_MODE']._serialized_end=2108
+  _globals['_OUTPUTKIND']._serialized_start=1836
+  _globals['_OUTPUTKIND']._serialized_end=1999
+  _globals['_LABELENCODING']._serialized_start=2001
+  _globals['_LABELENCODING']._serialized_end=2096
+  _globals['_MODE']._serialized_start=2098
+  _globals['_MODE']._serialized_end=2158
   _globals['_RAWIMAGE']._serialized_start=67
   _globals['_RAWIMAGE']._serialized_end=124
   _globals['_SEGMENTOPTIONS']._serialized_start=127
@@ -50,25 +50,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LABELMAP']._serialized_start=576
   _globals['_LABELMAP']._serialized_end=702
   _globals['_CLASSSTAT']._serialized_start=704
-  _globals['_CLASSSTAT']._serialized_end=775
-  _globals['_ERROR']._serialized_start=777
-  _globals['_ERROR']._serialized_end=815
-  _globals['_SEGMENTRESPONSE']._serialized_start=818
-  _globals['_SEGMENTRESPONSE']._serialized_end=1239
-  _globals['_SEGMENTRESPONSE_TIMINGSMSENTRY']._serialized_start=1191
-  _globals['_SEGMENTRESPONSE_TIMINGSMSENTRY']._serialized_end=1239
-  _globals['_LISTMODELSREQUEST']._serialized_start=1241
-  _globals['_LISTMODELSREQUEST']._serialized_end=1260
-  _globals['_COLOR']._serialized_start=1262
-  _globals['_COLOR']._serialized_end=1302
-  _globals['_TENSORSPEC']._serialized_start=1304
-  _globals['_TENSORSPEC']._serialized_end=1360
-  _globals['_MODELINFO']._serialized_start=1363
-  _globals['_MODELINFO']._serialized_end=1688
-  _globals['_MODELINFO_METADATAENTRY']._serialized_start=1641
-  _globals['_MODELINFO_METADATAENTRY']._serialized_end=1688
-  _globals['_LISTMODELSRESPONSE']._serialized_start=1690
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1783
-  _globals['_SEGMENTATIONSERVICE']._serialized_start=2111
-  _globals['_SEGMENTATIONSERVICE']._serialized_end=2421
+  _globals['_CLASSSTAT']._serialized_end=825
+  _globals['_ERROR']._serialized_start=827
+  _globals['_ERROR']._serialized_end=865
+  _globals['_SEGMENTRESPONSE']._serialized_start=868
+  _globals['_SEGMENTRESPONSE']._serialized_end=1289
+  _globals['_SEGMENTRESPONSE_TIMINGSMSENTRY']._serialized_start=1241
+  _globals['_SEGMENTRESPONSE_TIMINGSMSENTRY']._serialized_end=1289
+  _globals['_LISTMODELSREQUEST']._serialized_start=1291
+  _globals['_LISTMODELSREQUEST']._serialized_end=1310
+  _globals['_COLOR']._serialized_start=1312
+  _globals['_COLOR']._serialized_end=1352
+  _globals['_TENSORSPEC']._serialized_start=1354
+  _globals['_TENSORSPEC']._serialized_end=1410
+  _globals['_MODELINFO']._serialized_start=1413
+  _globals['_MODELINFO']._serialized_end=1738
+  _globals['_MODELINFO_METADATAENTRY']._serialized_start=1691
+  _globals['_MODELINFO_METADATAENTRY']._serialized_end=1738
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1740
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1833
+  _globals['_SEGMENTATIONSERVICE']._serialized_start=2161
+  _globals['_SEGMENTATIONSERVICE']._serialized_end=2471
 # @@protoc_insertion_point(module_scope)

@@ -97,16 +97,18 @@ class LabelMap(_message.Message):
     def __init__(self, encoding: _Optional[_Union[LabelEncoding, str]] = ..., height: _Optional[int] = ..., width: _Optional[int] = ..., dtype: _Optional[str] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class ClassStat(_message.Message):
-    __slots__ = ("id", "name", "pixels", "fraction")
+    __slots__ = ("id", "name", "pixels", "fraction", "mean_confidence")
     ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     PIXELS_FIELD_NUMBER: _ClassVar[int]
     FRACTION_FIELD_NUMBER: _ClassVar[int]
+    MEAN_CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
     id: int
     name: str
     pixels: int
     fraction: float
-    def __init__(self, id: _Optional[int] = ..., name: _Optional[str] = ..., pixels: _Optional[int] = ..., fraction: _Optional[float] = ...) -> None: ...
+    mean_confidence: float
+    def __init__(self, id: _Optional[int] = ..., name: _Optional[str] = ..., pixels: _Optional[int] = ..., fraction: _Optional[float] = ..., mean_confidence: _Optional[float] = ...) -> None: ...
 
 class Error(_message.Message):
     __slots__ = ("code", "message")
