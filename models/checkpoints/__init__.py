@@ -134,6 +134,9 @@ def load_checkpoint(
             config_fields.update(classes=names, palette=palette)
         config = _make_config(file, fmt, config_fields)
         mapped, unexpected = state, []
+
+        def source_name(key: str) -> str:
+            return key
     else:
         obj = torch_load_safely(file)
         state, meta = _unwrap(file, obj)
@@ -159,8 +162,11 @@ def load_checkpoint(
         config = _make_config(file, fmt, config_fields)
         mapped, unexpected = adapter.to_native(state, config)
 
+        def source_name(key: str) -> str:
+            return adapter.source_name(key, config)
+
     model = DANet(config)
-    assign_strict(file, fmt, model, mapped, unexpected)
+    assign_strict(file, fmt, model, mapped, unexpected, source_name)
     model.eval()
     return LoadedCheckpoint(model=model, config=config, source_format=fmt, sha256=digest, path=file)
 

@@ -8,7 +8,7 @@ import logging
 import pickle
 import re
 import zipfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -89,7 +89,7 @@ def torch_load_safely(path: Path) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         text = str(exc)
-        match = re.search(r"Unsupported (?:global|operand)[^\n]*?(GLOBAL\s+\S+|\S+)", text)
+        match = re.search(r"GLOBAL\s+([\w.]+)", text)
         if "Weights only load failed" in text or "Unsupported global" in text:
             what = match.group(1) if match else "a non-tensor Python object"
             raise CheckpointError(
@@ -185,19 +185,29 @@ def resolve_labels(
     return tuple(labels.classes), tuple(labels.palette)
 
 
-def assign_strict(path: Path, fmt: str, model: DANet, mapped: StateDict, unexpected: Iterable[str]) -> None:
+def assign_strict(
+    path: Path,
+    fmt: str,
+    model: DANet,
+    mapped: StateDict,
+    unexpected: Iterable[str],
+    source_name: Callable[[str], str] = str,
+) -> None:
     """Load ``mapped`` (native key names) into ``model``, refusing any missing/unexpected key or shape
-    mismatch. BatchNorm ``num_batches_tracked`` counters are optional (old checkpoints lack them)."""
+    mismatch; keys are reported under their names in the source format (``source_name``).
+    BatchNorm ``num_batches_tracked`` counters are optional (old checkpoints lack them)."""
     target = model.state_dict()
-    unexpected_keys = set(unexpected) | {key for key in mapped if key not in target}
-    missing = {key for key in target if key not in mapped and not key.endswith("num_batches_tracked")}
+    unexpected_keys = set(unexpected) | {source_name(key) for key in mapped if key not in target}
+    missing = {
+        source_name(key) for key in target if key not in mapped and not key.endswith("num_batches_tracked")
+    }
     problems = []
     if missing:
         problems.append(f"missing keys ({describe_keys(missing)})")
     if unexpected_keys:
         problems.append(f"unexpected keys ({describe_keys(unexpected_keys)})")
     mismatched = [
-        f"{key} {list(value.shape)} vs expected {list(target[key].shape)}"
+        f"{source_name(key)} {list(value.shape)} vs expected {list(target[key].shape)}"
         for key, value in mapped.items()
         if key in target and value.shape != target[key].shape
     ]

@@ -110,6 +110,21 @@ def _map_key(key: str, deep_stem: bool) -> str | None:
     return None
 
 
+def source_name(native_key: str, config: DANetConfig) -> str:
+    """The MMSegmentation name of one of this project's keys (for error messages)."""
+    for old, new in _SCALES.items():
+        if native_key == new:
+            return old
+    for old, new in _HEAD_MAP.items():
+        if native_key.startswith(new):
+            return old + native_key[len(new) :]
+    if not config.deep_stem:
+        for new, old in (("backbone.stem.0.", "backbone.conv1."), ("backbone.stem.1.", "backbone.bn1.")):
+            if native_key.startswith(new):
+                return old + native_key[len(new) :]
+    return native_key
+
+
 def to_native(state: Mapping[str, Any], config: DANetConfig) -> tuple[StateDict, list[str]]:
     """MMSegmentation keys -> this project's keys; returns the mapped tensors and the unmappable keys."""
     mapped: StateDict = {}

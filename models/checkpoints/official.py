@@ -100,6 +100,27 @@ def _map_key(key: str, deep_stem: bool) -> str | None:
     return None
 
 
+def source_name(native_key: str, config: DANetConfig) -> str:
+    """The official name of one of this project's keys (for error messages)."""
+    for old, new in _HEAD_EXACT.items():
+        if native_key == new:
+            return old
+    for old, new in _HEAD_MAP.items():
+        if native_key.startswith(new):
+            return old + native_key[len(new) :]
+    if native_key.startswith("backbone.layer"):
+        return _BACKBONE + native_key[len("backbone.") :]
+    stem = native_key[len("backbone.") :]
+    if config.deep_stem:
+        table = {**{new: old for old, new in _DEEP_STEM.items()}, "stem.6.": "conv1.6.", "stem.7.": "bn1."}
+    else:
+        table = {"stem.0.": "conv1.", "stem.1.": "bn1."}
+    for new, old in table.items():
+        if stem.startswith(new):
+            return _BACKBONE + old + stem[len(new) :]
+    return native_key
+
+
 def to_native(state: Mapping[str, Any], config: DANetConfig) -> tuple[StateDict, list[str]]:
     """Official keys -> this project's keys; returns the mapped tensors and the unmappable keys."""
     mapped: StateDict = {}
