@@ -16,12 +16,11 @@ from __future__ import annotations
 import io
 import struct
 import zlib
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 
 import numpy as np
-from PIL import Image, PngImagePlugin
+from PIL import Image
 
 
 class Expect(Enum):
@@ -37,8 +36,10 @@ CLIENT_ERRORS = frozenset({400, 413, 415, 422})
 class FaultCase:
     """One request to ``POST /segment``.
 
-    ``send`` is ``"multipart"`` (``field_name`` holds the file), ``"raw"`` (the bytes are the body) or
-    ``"form"`` (an urlencoded form). ``params`` are extra query parameters.
+    ``send`` is ``"multipart"`` (``field_name`` holds the file), ``"raw"`` (the bytes are the body),
+    ``"chunked"`` (the raw body streamed without a Content-Length), ``"form"`` (an urlencoded form),
+    ``"multipart-twice"`` (two file fields) or ``"multipart-broken"`` (the closing boundary missing).
+    ``params`` are extra query parameters.
     """
 
     name: str
@@ -51,7 +52,9 @@ class FaultCase:
     expect_size: tuple[int, int] | None = None  # (width, height) of the answer when it is a map
     statuses: frozenset[int] = CLIENT_ERRORS
     params: dict[str, str] = field(default_factory=dict)
-    reference: np.ndarray | None = field(default=None, compare=False, repr=False)  # exact RGB the server must see
+    reference: np.ndarray | None = field(
+        default=None, compare=False, repr=False
+    )  # exact RGB the server must see
     note: str = ""
 
 
@@ -82,7 +85,12 @@ def save(image: Image.Image, fmt: str, **params: object) -> bytes:
 
 def png_chunk(kind: bytes, payload: bytes) -> bytes:
     """A PNG chunk with its length and a valid CRC."""
-    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload) & 0xFFFFFFFF)
+    return (
+        struct.pack(">I", len(payload))
+        + kind
+        + payload
+        + struct.pack(">I", zlib.crc32(kind + payload) & 0xFFFFFFFF)
+    )
 
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -192,8 +200,18 @@ def _odd_valid_cases() -> list[FaultCase]:
     base = Image.fromarray(rgb)
     cases: list[FaultCase] = []
 
-    def ok(name: str, data: bytes, size: tuple[int, int], ctype: str, *, exact: np.ndarray | None = None, **kw: object) -> None:
-        cases.append(FaultCase(name, data, Expect.OK, content_type=ctype, expect_size=size, reference=exact, **kw))  # type: ignore[arg-type]
+    def ok(
+        name: str,
+        data: bytes,
+        size: tuple[int, int],
+        ctype: str,
+        *,
+        exact: np.ndarray | None = None,
+        **kw: object,
+    ) -> None:
+        cases.append(
+            FaultCase(name, data, Expect.OK, content_type=ctype, expect_size=size, reference=exact, **kw)
+        )  # type: ignore[arg-type]
 
     def either(name: str, data: bytes, size: tuple[int, int], ctype: str, note: str) -> None:
         cases.append(FaultCase(name, data, Expect.EITHER, content_type=ctype, expect_size=size, note=note))
@@ -218,7 +236,13 @@ def _odd_valid_cases() -> list[FaultCase]:
     ok("png-Nx1", save(Image.fromarray(pattern(97, 1)), "PNG"), (97, 1), "image/png")
     ok("png-7x5-odd", save(Image.fromarray(pattern(7, 5)), "PNG"), (7, 5), "image/png")
     ok("png-thin-1000x3", save(Image.fromarray(pattern(1000, 3)), "PNG"), (1000, 3), "image/png")
-    ok("png-prime-61x37", save(Image.fromarray(pattern(61, 37)), "PNG"), (61, 37), "image/png", exact=pattern(61, 37))
+    ok(
+        "png-prime-61x37",
+        save(Image.fromarray(pattern(61, 37)), "PNG"),
+        (61, 37),
+        "image/png",
+        exact=pattern(61, 37),
+    )
     ok("jpeg-baseline", save(base, "JPEG", quality=90), (48, 32), "image/jpeg")
     ok("jpeg-progressive", save(base, "JPEG", quality=85, progressive=True), (48, 32), "image/jpeg")
     ok("jpeg-grey", save(base.convert("L"), "JPEG"), (48, 32), "image/jpeg")
@@ -256,7 +280,9 @@ def _odd_valid_cases() -> list[FaultCase]:
     ok("webp-lossless", save(base, "WEBP", lossless=True), (48, 32), "image/webp", exact=rgb)
     ok("png-as-image-jpeg", save(base, "PNG"), (48, 32), "image/jpeg", note="content sniffed, not trusted")
     ok("png-no-content-type", save(base, "PNG"), (48, 32), "application/octet-stream")
-    either("ico", save(base, "ICO", sizes=[(32, 32)]), (32, 21), "image/x-icon", "a format a server may refuse")
+    either(
+        "ico", save(base, "ICO", sizes=[(32, 32)]), (32, 21), "image/x-icon", "a format a server may refuse"
+    )
     either("ppm", save(base, "PPM"), (48, 32), "image/x-portable-pixmap", "a format a server may refuse")
     either("avif", save(base, "AVIF"), (48, 32), "image/avif", "needs a Pillow built with AVIF")
     either(
@@ -279,13 +305,33 @@ def _hostile_cases(max_upload_bytes: int) -> list[FaultCase]:
         FaultCase("empty", b"", Expect.REJECT),
         FaultCase("empty-raw-body", b"", Expect.REJECT, content_type="image/png", send="raw"),
         FaultCase("text", b"hello, this is not an image\n" * 4, Expect.REJECT, content_type="text/plain"),
-        FaultCase("html", b"<!doctype html><html><body>hi</body></html>", Expect.REJECT, content_type="text/html"),
-        FaultCase("json", b'{"image": "aGVsbG8="}', Expect.REJECT, content_type="application/json", send="raw"),
-        FaultCase("svg", b'<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"/>', Expect.REJECT, content_type="image/svg+xml"),
-        FaultCase("pdf", b"%PDF-1.4\n1 0 obj<<>>endobj\ntrailer<<>>\n%%EOF\n", Expect.REJECT, content_type="application/pdf"),
-        FaultCase("random-bytes", np.random.default_rng(1).integers(0, 256, 4096, dtype=np.uint8).tobytes(), Expect.REJECT),
+        FaultCase(
+            "html", b"<!doctype html><html><body>hi</body></html>", Expect.REJECT, content_type="text/html"
+        ),
+        FaultCase(
+            "json", b'{"image": "aGVsbG8="}', Expect.REJECT, content_type="application/json", send="raw"
+        ),
+        FaultCase(
+            "svg",
+            b'<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"/>',
+            Expect.REJECT,
+            content_type="image/svg+xml",
+        ),
+        FaultCase(
+            "pdf",
+            b"%PDF-1.4\n1 0 obj<<>>endobj\ntrailer<<>>\n%%EOF\n",
+            Expect.REJECT,
+            content_type="application/pdf",
+        ),
+        FaultCase(
+            "random-bytes",
+            np.random.default_rng(1).integers(0, 256, 4096, dtype=np.uint8).tobytes(),
+            Expect.REJECT,
+        ),
         FaultCase("png-signature-only", PNG_SIGNATURE, Expect.REJECT, content_type="image/png"),
-        FaultCase("png-truncated-half", good_png[: len(good_png) // 2], Expect.REJECT, content_type="image/png"),
+        FaultCase(
+            "png-truncated-half", good_png[: len(good_png) // 2], Expect.REJECT, content_type="image/png"
+        ),
         FaultCase("png-truncated-after-ihdr", good_png[:33], Expect.REJECT, content_type="image/png"),
         FaultCase(
             "png-bad-ihdr-crc",
@@ -295,7 +341,10 @@ def _hostile_cases(max_upload_bytes: int) -> list[FaultCase]:
         ),
         FaultCase(
             "png-corrupt-idat",
-            PNG_SIGNATURE + png_ihdr(48, 32) + png_chunk(b"IDAT", b"\x78\x9c" + b"\xff" * 200) + png_chunk(b"IEND", b""),
+            PNG_SIGNATURE
+            + png_ihdr(48, 32)
+            + png_chunk(b"IDAT", b"\x78\x9c" + b"\xff" * 200)
+            + png_chunk(b"IEND", b""),
             Expect.REJECT,
             content_type="image/png",
         ),
@@ -318,13 +367,41 @@ def _hostile_cases(max_upload_bytes: int) -> list[FaultCase]:
         ),
         FaultCase("jpeg-soi-only", b"\xff\xd8", Expect.REJECT, content_type="image/jpeg"),
         FaultCase("jpeg-truncated-header", good_jpeg[:120], Expect.REJECT, content_type="image/jpeg"),
-        FaultCase("jpeg-garbage-after-soi", b"\xff\xd8\xff\xe0" + b"\x00\x10JFIF" + b"\x13" * 300, Expect.REJECT, content_type="image/jpeg"),
-        FaultCase("jpeg-claiming-65000x65000", jpeg_claiming(65_000, 65_000), Expect.REJECT, content_type="image/jpeg", statuses=bad_or_big),
+        FaultCase(
+            "jpeg-garbage-after-soi",
+            b"\xff\xd8\xff\xe0" + b"\x00\x10JFIF" + b"\x13" * 300,
+            Expect.REJECT,
+            content_type="image/jpeg",
+        ),
+        FaultCase(
+            "jpeg-claiming-65000x65000",
+            jpeg_claiming(65_000, 65_000),
+            Expect.REJECT,
+            content_type="image/jpeg",
+            statuses=bad_or_big,
+        ),
         FaultCase("gif-header-only", b"GIF89a", Expect.REJECT, content_type="image/gif"),
-        FaultCase("gif-claiming-65535x65535", gif_claiming(65_535, 65_535), Expect.REJECT, content_type="image/gif", statuses=bad_or_big),
-        FaultCase("bmp-claiming-60000x60000", bmp_claiming(60_000, 60_000), Expect.REJECT, content_type="image/bmp", statuses=bad_or_big),
+        FaultCase(
+            "gif-claiming-65535x65535",
+            gif_claiming(65_535, 65_535),
+            Expect.REJECT,
+            content_type="image/gif",
+            statuses=bad_or_big,
+        ),
+        FaultCase(
+            "bmp-claiming-60000x60000",
+            bmp_claiming(60_000, 60_000),
+            Expect.REJECT,
+            content_type="image/bmp",
+            statuses=bad_or_big,
+        ),
         FaultCase("tiff-header-only", b"II*\x00\x08\x00\x00\x00", Expect.REJECT, content_type="image/tiff"),
-        FaultCase("webp-truncated", save(Image.fromarray(pattern(48, 32)), "WEBP")[:40], Expect.REJECT, content_type="image/webp"),
+        FaultCase(
+            "webp-truncated",
+            save(Image.fromarray(pattern(48, 32)), "WEBP")[:40],
+            Expect.REJECT,
+            content_type="image/webp",
+        ),
         FaultCase(
             "oversize-body",
             good_png + b"\x00" * (max_upload_bytes + 1024),
@@ -341,13 +418,85 @@ def _hostile_cases(max_upload_bytes: int) -> list[FaultCase]:
             send="raw",
             statuses=big,
         ),
-        FaultCase("multipart-wrong-field", good_png, Expect.REJECT, field_name="file", statuses=frozenset({400, 422})),
-        FaultCase("form-urlencoded", b"image=hello", Expect.REJECT, content_type="application/x-www-form-urlencoded", send="form"),
-        FaultCase("bad-format-option", good_png, Expect.REJECT, content_type="image/png", params={"format": "bogus"}, statuses=frozenset({400, 422})),
-        FaultCase("bad-alpha-option", good_png, Expect.REJECT, content_type="image/png", params={"alpha": "7"}, statuses=frozenset({400, 422})),
-        FaultCase("bad-mode-option", good_png, Expect.REJECT, content_type="image/png", params={"mode": "sideways"}, statuses=frozenset({400, 422})),
-        FaultCase("bad-scales-option", good_png, Expect.REJECT, content_type="image/png", params={"scales": "big"}, statuses=frozenset({400, 422})),
-        FaultCase("unknown-model", good_png, Expect.REJECT, content_type="image/png", params={"model": "no-such-model"}, statuses=frozenset({404})),
+        FaultCase(
+            "oversize-chunked-body",
+            good_png + b"\x00" * (max_upload_bytes + 1024),
+            Expect.REJECT,
+            content_type="image/png",
+            send="chunked",
+            statuses=big,
+            note="no Content-Length: the cap must hold while streaming",
+        ),
+        FaultCase(
+            "multipart-two-files",
+            good_png,
+            Expect.REJECT,
+            send="multipart-twice",
+            content_type="image/png",
+            statuses=frozenset({400, 413, 422}),
+        ),
+        FaultCase(
+            "multipart-bad-boundary",
+            good_png,
+            Expect.REJECT,
+            send="multipart-broken",
+            content_type="image/png",
+            statuses=frozenset({400, 422}),
+        ),
+        FaultCase(
+            "multipart-wrong-field",
+            good_png,
+            Expect.REJECT,
+            field_name="file",
+            statuses=frozenset({400, 422}),
+        ),
+        FaultCase(
+            "form-urlencoded",
+            b"image=hello",
+            Expect.REJECT,
+            content_type="application/x-www-form-urlencoded",
+            send="form",
+        ),
+        FaultCase(
+            "bad-format-option",
+            good_png,
+            Expect.REJECT,
+            content_type="image/png",
+            params={"format": "bogus"},
+            statuses=frozenset({400, 422}),
+        ),
+        FaultCase(
+            "bad-alpha-option",
+            good_png,
+            Expect.REJECT,
+            content_type="image/png",
+            params={"alpha": "7"},
+            statuses=frozenset({400, 422}),
+        ),
+        FaultCase(
+            "bad-mode-option",
+            good_png,
+            Expect.REJECT,
+            content_type="image/png",
+            params={"mode": "sideways"},
+            statuses=frozenset({400, 422}),
+        ),
+        FaultCase(
+            "bad-scales-option",
+            good_png,
+            Expect.REJECT,
+            content_type="image/png",
+            params={"scales": "big"},
+            statuses=frozenset({400, 422}),
+        ),
+        FaultCase(
+            "unknown-model",
+            good_png,
+            Expect.REJECT,
+            content_type="image/png",
+            params={"model": "no-such-model"},
+            statuses=frozenset({404}),
+        ),
     ]
     return cases
 
@@ -371,12 +520,18 @@ def request_args(case: FaultCase) -> RequestArgs:
     if case.send == "raw":
         headers = {"content-type": case.content_type} if case.content_type else {}
         return {"content": case.data, "headers": headers}
+    if case.send == "chunked":
+        headers = {"content-type": case.content_type} if case.content_type else {}
+        data = case.data
+        pieces = (data[i : i + 65536] for i in range(0, len(data), 65536))
+        return {"content": pieces, "headers": headers}
     if case.send == "form":
         return {"content": case.data, "headers": {"content-type": "application/x-www-form-urlencoded"}}
     boundary = "danet-fault-corpus-boundary"
-    body = multipart_body([(case.field_name, case.filename, case.data, case.content_type)], boundary)
+    parts = [(case.field_name, case.filename, case.data, case.content_type)]
+    if case.send == "multipart-twice":
+        parts.append((case.field_name, "second", case.data, case.content_type))
+    body = multipart_body(parts, boundary)
+    if case.send == "multipart-broken":
+        body = body[: -len(f"--{boundary}--\r\n")]
     return {"content": body, "headers": {"content-type": f"multipart/form-data; boundary={boundary}"}}
-
-
-Builder = Callable[[], bytes]
-_ = PngImagePlugin  # imported so that Pillow's PNG plugin (used by save) is registered eagerly
