@@ -1,0 +1,145 @@
+# syntax=docker/dockerfile:1
+#
+# danet-serve images (docs/deploy.md). Targets:
+#   cpu     python:3.11-slim + onnxruntime (CPU build); the default target (last stage)
+#   gpu     CUDA 13 + cuDNN 9 runtime + onnxruntime-gpu
+#   export  one-shot `danet-export` with torch (CPU build); never used for serving
+# The runtime images hold the danet-serve wheel (embedded default model included as package data), its
+# runtime dependencies and nothing else: no torch, no compiler, no build tools. Configuration is by
+# DANET_* environment variables (server/settings.py); the entry point is exec-form so SIGTERM reaches
+# the server, which then stops accepting, drains and exits.
+
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+ARG CUDA_IMAGE=nvidia/cuda:13.0.1-cudnn-runtime-ubuntu24.04
+
+# ---------------------------------------------------------------------------------------------------
+# builder: the project wheel (pure Python, no torch) plus one requirement list per image flavour.
+FROM ${PYTHON_IMAGE} AS builder
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+WORKDIR /src
+RUN pip install "packaging==24.2"
+COPY pyproject.toml README.md ./
+COPY common/ common/
+COPY models/ models/
+COPY export/ export/
+COPY server/ server/
+COPY client/ client/
+COPY bench/ bench/
+COPY protos/ protos/
+COPY deploy/docker/runtime_requirements.py /usr/local/bin/runtime_requirements.py
+# pyproject.toml wants onnxruntime-gpu on Linux x86_64; runtime_requirements.py swaps in the build each
+# flavour needs, so the wheel is installed with --no-deps next to an explicit list (see its docstring).
+RUN pip wheel --no-deps --wheel-dir /wheels . \
+    && python /usr/local/bin/runtime_requirements.py /wheels/danet_serve-*.whl --flavour cpu \
+        > /wheels/requirements-cpu.txt \
+    && python /usr/local/bin/runtime_requirements.py /wheels/danet_serve-*.whl --flavour gpu \
+        > /wheels/requirements-gpu.txt \
+    && python /usr/local/bin/runtime_requirements.py /wheels/danet_serve-*.whl --flavour cpu --extra export \
+        > /wheels/requirements-export.txt
+
+# ---------------------------------------------------------------------------------------------------
+# gpu: NVIDIA CUDA 13 + cuDNN 9 runtime (what onnxruntime-gpu links against) with Ubuntu's Python 3.
+FROM ${CUDA_IMAGE} AS gpu
+# Optional TensorRT execution provider: e.g. --build-arg TENSORRT_LIBS="tensorrt-cu13-libs==10.*"
+# (onnxruntime-gpu links libnvinfer.so.10). Without it the server uses the CUDA provider.
+ARG TENSORRT_LIBS=""
+ENV DEBIAN_FRONTEND=noninteractive \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    VIRTUAL_ENV=/opt/venv \
+    PATH=/opt/venv/bin:$PATH
+# Ubuntu's python3 package versions move with the base image's security updates; pinning them would
+# break the build whenever the archive drops the pinned version, so the base image tag is the pin.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends python3 python3-venv \
+    && rm -rf /var/lib/apt/lists/* \
+    && python3 -m venv /opt/venv \
+    && groupadd --system --gid 10001 danet \
+    && useradd --system --uid 10001 --gid danet --create-home --home-dir /home/danet \
+        --shell /usr/sbin/nologin danet \
+    && mkdir -p /models /var/cache/danet-serve/tensorrt \
+    && chown danet:danet /models /var/cache/danet-serve/tensorrt
+# TENSORRT_LIBS is a requirement spec chosen by whoever builds (empty = skipped), pinned there, not here.
+# hadolint ignore=DL3013
+RUN --mount=type=bind,from=builder,source=/wheels,target=/tmp/wheels \
+    pip install -r /tmp/wheels/requirements-gpu.txt \
+    && pip install --no-deps /tmp/wheels/danet_serve-*.whl \
+    && if [ -n "${TENSORRT_LIBS}" ]; then \
+        pip install "${TENSORRT_LIBS}" \
+        && python -c "import os, tensorrt_libs; print(os.path.dirname(tensorrt_libs.__file__))" \
+            > /etc/ld.so.conf.d/tensorrt-libs.conf \
+        && ldconfig; \
+    fi
+COPY deploy/docker/check_image.py /usr/local/lib/danet/check_image.py
+RUN python /usr/local/lib/danet/check_image.py --flavour gpu
+COPY deploy/docker/healthcheck.py /usr/local/bin/danet-healthcheck
+ENV DANET_HOST=0.0.0.0 \
+    DANET_HTTP_PORT=8000 \
+    DANET_GRPC_PORT=8001 \
+    DANET_TRT_CACHE_DIR=/var/cache/danet-serve/tensorrt \
+    DANET_LOG_FORMAT=json
+USER 10001:10001
+WORKDIR /home/danet
+EXPOSE 8000 8001
+# start-period covers model load + warm-up (and a first TensorRT engine build when that is enabled).
+HEALTHCHECK --interval=10s --timeout=5s --start-period=180s --retries=3 \
+    CMD ["python", "/usr/local/bin/danet-healthcheck", "/readyz"]
+ENTRYPOINT ["danet-serve"]
+
+# ---------------------------------------------------------------------------------------------------
+# export: torch (CPU build) + onnx tooling for `docker compose --profile export run export`.
+FROM ${PYTHON_IMAGE} AS export
+# Index holding torch's CPU-only wheels. Empty = the default index, whose Linux x86_64 torch wheel also
+# pulls the CUDA libraries (several GB); docs/deploy.md shows the value to pass.
+ARG TORCH_INDEX_URL=""
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN groupadd --system --gid 10001 danet \
+    && useradd --system --uid 10001 --gid danet --create-home --home-dir /home/danet \
+        --shell /usr/sbin/nologin danet \
+    && mkdir -p /models /checkpoints \
+    && chown danet:danet /models
+RUN --mount=type=bind,from=builder,source=/wheels,target=/tmp/wheels \
+    pip install ${TORCH_INDEX_URL:+--extra-index-url "${TORCH_INDEX_URL}"} -r /tmp/wheels/requirements-export.txt \
+    && pip install --no-deps /tmp/wheels/danet_serve-*.whl
+USER 10001:10001
+WORKDIR /home/danet
+ENTRYPOINT ["danet-export"]
+CMD ["--help"]
+
+# ---------------------------------------------------------------------------------------------------
+# cpu (default target): python:3.11-slim + the CPU build of onnxruntime.
+FROM ${PYTHON_IMAGE} AS cpu
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN groupadd --system --gid 10001 danet \
+    && useradd --system --uid 10001 --gid danet --create-home --home-dir /home/danet \
+        --shell /usr/sbin/nologin danet \
+    && mkdir -p /models /var/cache/danet-serve/tensorrt \
+    && chown danet:danet /models /var/cache/danet-serve/tensorrt
+RUN --mount=type=bind,from=builder,source=/wheels,target=/tmp/wheels \
+    pip install -r /tmp/wheels/requirements-cpu.txt \
+    && pip install --no-deps /tmp/wheels/danet_serve-*.whl
+COPY deploy/docker/check_image.py /usr/local/lib/danet/check_image.py
+RUN python /usr/local/lib/danet/check_image.py --flavour cpu
+COPY deploy/docker/healthcheck.py /usr/local/bin/danet-healthcheck
+ENV DANET_HOST=0.0.0.0 \
+    DANET_HTTP_PORT=8000 \
+    DANET_GRPC_PORT=8001 \
+    DANET_TRT_CACHE_DIR=/var/cache/danet-serve/tensorrt \
+    DANET_LOG_FORMAT=json
+USER 10001:10001
+WORKDIR /home/danet
+EXPOSE 8000 8001
+# start-period covers model load + warm-up of the preferred-size bucket on a CPU.
+HEALTHCHECK --interval=10s --timeout=5s --start-period=120s --retries=3 \
+    CMD ["python", "/usr/local/bin/danet-healthcheck", "/readyz"]
+ENTRYPOINT ["danet-serve"]

@@ -1,0 +1,169 @@
+"""The helper scripts baked into the images: requirement selection, health check, build-time gate."""
+
+from __future__ import annotations
+
+import http.server
+import os
+import socket
+import subprocess
+import sys
+import threading
+import tomllib
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from packaging.requirements import Requirement
+
+from common.contract import DEFAULT_ONNX
+from tests import static_checks as sc
+from tests.deploy.conftest import load_image_script
+
+runtime_requirements = load_image_script("runtime_requirements")
+healthcheck = load_image_script("healthcheck")
+check_image = load_image_script("check_image")
+
+SCRIPTS = sc.DEPLOY_DIR / "docker"
+
+
+def _project() -> dict:
+    with (sc.REPO_ROOT / "pyproject.toml").open("rb") as fh:
+        return tomllib.load(fh)["project"]
+
+
+def _requires_dist() -> list[str]:
+    """pyproject's dependencies as a wheel's Requires-Dist lines (extras carry an ``extra ==`` marker)."""
+    project = _project()
+    lines = list(project["dependencies"])
+    for extra, requirements in project["optional-dependencies"].items():
+        for line in requirements:
+            req = Requirement(line)
+            marker = f"({req.marker}) and extra == '{extra}'" if req.marker else f"extra == '{extra}'"
+            req.marker = None
+            lines.append(f"{req}; {marker}")
+    return lines
+
+
+def _names(lines: list[str]) -> list[str]:
+    return [Requirement(line).name.lower() for line in lines]
+
+
+@pytest.mark.parametrize(
+    ("flavour", "wanted", "unwanted"),
+    [("cpu", "onnxruntime", "onnxruntime-gpu"), ("gpu", "onnxruntime-gpu", "onnxruntime")],
+)
+def test_flavour_gets_exactly_its_onnxruntime(flavour: str, wanted: str, unwanted: str) -> None:
+    names = _names(runtime_requirements.select_requirements(_requires_dist(), flavour))
+    assert names.count(wanted) == 1 and unwanted not in names
+
+
+def test_runtime_lists_hold_the_base_dependencies_and_no_extras() -> None:
+    base = {Requirement(line).name.lower() for line in _project()["dependencies"]} - {"onnxruntime-gpu"}
+    for flavour in ("cpu", "gpu"):
+        names = set(_names(runtime_requirements.select_requirements(_requires_dist(), flavour)))
+        assert base - {"onnxruntime"} <= names
+        assert "torch" not in names and "pytest" not in names and "onnx" not in names
+
+
+def test_export_extra_adds_torch_pinned_as_in_pyproject() -> None:
+    lines = runtime_requirements.select_requirements(_requires_dist(), "cpu", ["export"])
+    torch = [line for line in lines if Requirement(line).name == "torch"]
+    pinned = [line for line in _project()["optional-dependencies"]["export"] if line.startswith("torch")]
+    assert torch == pinned
+    assert "pytest" not in _names(lines)
+
+
+def test_version_specifier_survives_the_swap() -> None:
+    lines = [
+        "numpy>=1.26",
+        "onnxruntime-gpu>=1.23; sys_platform == 'linux'",
+        "onnxruntime>=1.20; sys_platform != 'linux'",
+    ]
+    assert runtime_requirements.select_requirements(lines, "gpu")[0] == "onnxruntime-gpu>=1.23"
+    assert runtime_requirements.select_requirements(lines, "cpu")[0] == "onnxruntime>=1.20"
+
+
+def test_missing_onnxruntime_and_unknown_flavour_are_errors() -> None:
+    with pytest.raises(ValueError, match="no onnxruntime"):
+        runtime_requirements.select_requirements(["numpy"], "cpu")
+    with pytest.raises(ValueError, match="flavour"):
+        runtime_requirements.select_requirements(["onnxruntime"], "tpu")
+
+
+def test_cli_reads_a_wheel(tmp_path: Path) -> None:
+    wheel = tmp_path / "danet_serve-0.1.0-py3-none-any.whl"
+    metadata = "Metadata-Version: 2.1\nName: danet-serve\n" + "".join(
+        f"Requires-Dist: {line}\n" for line in _requires_dist()
+    )
+    with zipfile.ZipFile(wheel, "w") as archive:
+        archive.writestr("danet_serve-0.1.0.dist-info/METADATA", metadata)
+    proc = subprocess.run(
+        [sys.executable, SCRIPTS / "runtime_requirements.py", wheel, "--flavour", "cpu"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert proc.stdout.splitlines() == runtime_requirements.select_requirements(_requires_dist(), "cpu")
+
+
+class _Status(http.server.BaseHTTPRequestHandler):
+    status = {"/readyz": 503, "/healthz": 200}
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        self.send_response(self.status.get(self.path, 404))
+        self.end_headers()
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+        pass
+
+
+@pytest.fixture()
+def status_server() -> Iterator[int]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Status)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server.server_address[1]
+    server.shutdown()
+    server.server_close()
+
+
+def _run_healthcheck(port: int, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "DANET_HTTP_PORT": str(port)}
+    return subprocess.run(
+        [sys.executable, SCRIPTS / "healthcheck.py", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+def test_healthcheck_follows_readyz_and_the_port_setting(
+    status_server: int, setting_env_names: set[str]
+) -> None:
+    assert "DANET_HTTP_PORT" in setting_env_names  # the script reads the server's own port setting
+    not_ready = _run_healthcheck(status_server)
+    assert not_ready.returncode == 1 and "503" in not_ready.stderr
+    assert _run_healthcheck(status_server, "/healthz").returncode == 0
+    _Status.status = {**_Status.status, "/readyz": 200}
+    try:
+        assert _run_healthcheck(status_server).returncode == 0
+    finally:
+        _Status.status = {**_Status.status, "/readyz": 503}
+
+
+def test_healthcheck_fails_when_nothing_listens() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        free_port = sock.getsockname()[1]
+    proc = _run_healthcheck(free_port)
+    assert proc.returncode == 1 and "unreachable" in proc.stderr
+
+
+def test_image_gate_rejects_this_development_environment() -> None:
+    # The dev venv has torch (export extra): exactly what the runtime images must not carry.
+    problems = check_image.problems("cpu")
+    assert any(line.startswith("torch is installed") for line in problems)
+    model_missing = any("default model missing" in line for line in problems)
+    assert model_missing == (not DEFAULT_ONNX.is_file())
