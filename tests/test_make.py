@@ -1,20 +1,28 @@
 """The two commands (`make run`, `make test`), `.ci/run`, and the console scripts promised in CONTRACT.md.
 
-`make -n -B` prints every recipe a fresh clone would run without running any of it, so these checks are
-cheap; the real fresh-clone run is done by hand (docs/deploy.md, "Checking a fresh clone").
+`make -n -B` prints every recipe a fresh clone would run without running any of it, so those checks are
+cheap. One test runs the real `make run` on the already-installed venv and asks the server for its model;
+the full fresh-clone run is done by hand (docs/deploy.md, "Checking a fresh clone").
 """
 
 from __future__ import annotations
 
 import ast
+import contextlib
 import os
 import re
 import shutil
+import signal
+import socket
 import subprocess
+import time
 import tomllib
 from pathlib import Path
 
+import httpx
 import pytest
+
+from common.contract import DEFAULT_MODEL_NAME, DEFAULT_ONNX
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CONTRACT = REPO_ROOT.parent / "shared" / "CONTRACT.md"
@@ -22,13 +30,18 @@ CONTRACT = REPO_ROOT.parent / "shared" / "CONTRACT.md"
 pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="GNU make is not installed")
 
 
+def _make_env() -> dict[str, str]:
+    """This environment without an enclosing make's flags (pytest may itself run under `make test`)."""
+    skip = ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")
+    return {k: v for k, v in os.environ.items() if k not in skip and not k.startswith("DANET_")}
+
+
 def _dry_run(target: str) -> str:
     """What `make TARGET` would execute on a fresh clone (-B: as if nothing had been built yet)."""
-    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
     proc = subprocess.run(
         ["make", "-n", "-B", "--no-print-directory", target],
         cwd=REPO_ROOT,
-        env=env,
+        env=_make_env(),
         capture_output=True,
         text=True,
         timeout=60,
@@ -63,6 +76,59 @@ def test_make_run_bootstraps_the_venv_and_starts_the_server() -> None:
 
 def test_make_run_does_not_install_the_export_or_dev_extras() -> None:
     assert "[export" not in _dry_run("run") and "torch" not in _dry_run("run")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+@pytest.mark.skipif(not DEFAULT_ONNX.is_file(), reason=f"embedded default model {DEFAULT_ONNX} not built yet")
+def test_make_run_serves_the_embedded_default_model(tmp_path: Path) -> None:
+    port = _free_port()
+    log = (tmp_path / "make-run.log").open("wb")
+    # -o: take the installed venv as it is (a test must not reinstall packages); the recipe itself runs.
+    process = subprocess.Popen(
+        [
+            "make",
+            "--no-print-directory",
+            "-o",
+            ".venv/.runtime",
+            "-o",
+            ".venv/bin/activate",
+            "run",
+            f"ARGS=--host 127.0.0.1 --http-port {port} --grpc-port -1",
+        ],
+        cwd=REPO_ROOT,
+        env=_make_env(),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # its own process group: make and the server stop together
+    )
+    try:
+        deadline = time.monotonic() + 240
+        ready = False
+        while time.monotonic() < deadline and process.poll() is None and not ready:
+            with contextlib.suppress(httpx.TransportError):  # not listening yet
+                ready = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200
+            if not ready:
+                time.sleep(0.5)
+        output = (tmp_path / "make-run.log").read_text(errors="replace")
+        assert ready, f"`make run` never became ready (exit {process.poll()}):\n{output[-3000:]}"
+        models = httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=10).json()["models"]
+        assert [model["name"] for model in models] == [DEFAULT_MODEL_NAME]
+        assert ".venv/bin/danet-serve" in output.splitlines()[0]
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        log.close()
 
 
 def test_make_test_runs_lint_types_static_checks_and_both_test_passes() -> None:
