@@ -155,7 +155,7 @@ def encode_png(array: np.ndarray, *, palette: Sequence[Sequence[int]] | None = N
     if array.ndim == 3 and array.shape[2] == 3:
         image = Image.fromarray(np.ascontiguousarray(array, dtype=np.uint8), "RGB")
     elif array.ndim == 2 and array.dtype == np.uint16:
-        image = Image.fromarray(np.ascontiguousarray(array), "I;16")
+        image = Image.fromarray(np.ascontiguousarray(array))  # mode I;16
     elif array.ndim == 2 and array.dtype == np.uint8:
         if palette is None:
             image = Image.fromarray(np.ascontiguousarray(array), "L")

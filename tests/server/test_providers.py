@@ -1,0 +1,166 @@
+"""Execution-provider selection: order, options, GPU fallback and require_gpu (mocked: no GPU here)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from server.engine import Engine
+from server.errors import ModelLoadError
+from server.providers import CPU, CUDA, TENSORRT, create_session, plan_providers, provider_options
+from server.settings import Settings
+
+ALL = [TENSORRT, CUDA, CPU]
+
+
+class FakeSession:
+    def __init__(self, providers: list[str]) -> None:
+        self._providers = providers
+
+    def get_providers(self) -> list[str]:
+        return self._providers
+
+
+class FakeFactory:
+    """Records calls; ``fail`` providers raise when first in the list; ``active`` decides what 'loads'."""
+
+    def __init__(self, *, active: set[str], fail: set[str] = frozenset()) -> None:  # type: ignore[assignment]
+        self.active = active
+        self.fail = fail
+        self.calls: list[list[tuple[str, dict[str, Any]]]] = []
+
+    def __call__(
+        self, source: Any, sess_options: Any, providers: list[tuple[str, dict[str, Any]]]
+    ) -> FakeSession:
+        self.calls.append(providers)
+        names = [name for name, _ in providers]
+        if names[0] in self.fail:
+            raise RuntimeError(f"{names[0]}: libnvinfer.so.10: cannot open shared object file")
+        return FakeSession([n for n in names if n in self.active or n == CPU])
+
+
+def settings(**kw: Any) -> Settings:
+    return Settings(**kw)
+
+
+def test_plan_keeps_priority_order_and_drops_unavailable() -> None:
+    assert plan_providers(ALL, [CPU, CUDA]) == (
+        [CUDA, CPU],
+        [f"{TENSORRT} is not available in this onnxruntime build"],
+    )
+    assert plan_providers([CUDA, TENSORRT], ALL)[0] == [CUDA, TENSORRT, CPU]
+    assert plan_providers([CPU], ALL)[0] == [CPU]
+    assert plan_providers([], [CPU])[0] == [CPU]
+
+
+def test_default_settings_prefer_tensorrt_then_cuda_then_cpu() -> None:
+    assert Settings().providers == ALL
+
+
+def test_cuda_and_tensorrt_options() -> None:
+    s = settings(gpu_mem_limit_mb=512, device_id=1, trt_cache_dir=Path("/cache/trt"), trt_fp16=True)
+    cuda = provider_options(CUDA, s)
+    assert cuda["cudnn_conv_algo_search"] == "HEURISTIC"
+    assert cuda["arena_extend_strategy"] == "kSameAsRequested"
+    assert cuda["gpu_mem_limit"] == 512 * 1024 * 1024
+    assert cuda["device_id"] == 1
+    trt = provider_options(TENSORRT, s)
+    assert trt["trt_engine_cache_enable"] is True and trt["trt_engine_cache_path"] == "/cache/trt"
+    assert trt["trt_timing_cache_path"] == "/cache/trt" and trt["trt_fp16_enable"] is True
+    assert provider_options(CPU, s) == {}
+    assert "gpu_mem_limit" not in provider_options(CUDA, settings())
+
+
+def test_gpu_provider_active() -> None:
+    factory = FakeFactory(active={CUDA})
+    handle = create_session(Path("m.onnx"), settings(providers=[CUDA, CPU]), available=ALL, factory=factory)
+    assert handle.provider == CUDA and handle.on_gpu and not handle.fallback
+    assert [name for name, _ in factory.calls[0]] == [CUDA, CPU]
+
+
+def test_failing_tensorrt_is_dropped_and_cuda_used() -> None:
+    factory = FakeFactory(active={CUDA, TENSORRT}, fail={TENSORRT})
+    handle = create_session(Path("m.onnx"), settings(), available=ALL, factory=factory)
+    assert handle.provider == CUDA and not handle.fallback
+    assert [[n for n, _ in call] for call in factory.calls] == [ALL, [CUDA, CPU]]
+    assert any("libnvinfer" in note for note in handle.notes)
+
+
+def test_silent_cpu_fallback_is_loud(caplog: pytest.LogCaptureFixture) -> None:
+    factory = FakeFactory(active=set())  # providers 'available' but nothing but CPU initialises
+    with caplog.at_level(logging.WARNING, logger="server.providers"):
+        handle = create_session(Path("m.onnx"), settings(), available=ALL, factory=factory)
+    assert handle.provider == CPU and handle.fallback
+    warning = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert warning and "GPU FALLBACK" in warning[0].getMessage()
+
+
+def test_no_gpu_build_falls_back_to_cpu(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="server.providers"):
+        handle = create_session(
+            Path("m.onnx"), settings(), available=[CPU], factory=FakeFactory(active=set())
+        )
+    assert handle.provider == CPU and handle.fallback
+    assert "not available" in caplog.text
+
+
+def test_cpu_only_configuration_is_not_a_fallback(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="server.providers"):
+        handle = create_session(
+            Path("m.onnx"), settings(providers=[CPU]), available=ALL, factory=FakeFactory(active=set())
+        )
+    assert handle.provider == CPU and not handle.fallback
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_require_gpu_refuses_cpu_fallback() -> None:
+    with pytest.raises(ModelLoadError, match="require_gpu"):
+        create_session(
+            Path("m.onnx"), settings(require_gpu=True), available=ALL, factory=FakeFactory(active=set())
+        )
+
+
+def test_require_gpu_refuses_cpu_only_build() -> None:
+    factory = FakeFactory(active=set())
+    with pytest.raises(ModelLoadError, match="no GPU execution provider"):
+        create_session(Path("m.onnx"), settings(require_gpu=True), available=[CPU], factory=factory)
+    assert factory.calls == []  # refused before trying to load anything
+
+
+def test_require_gpu_accepts_gpu() -> None:
+    handle = create_session(
+        Path("m.onnx"), settings(require_gpu=True), available=ALL, factory=FakeFactory(active={TENSORRT})
+    )
+    assert handle.provider == TENSORRT
+
+
+def test_unloadable_model_is_model_load_error() -> None:
+    factory = FakeFactory(active=set(), fail={CPU})
+    with pytest.raises(ModelLoadError, match="cannot load"):
+        create_session(Path("m.onnx"), settings(providers=[CPU]), available=ALL, factory=factory)
+
+
+def test_real_onnxruntime_on_this_machine(tiny_onnx: Path) -> None:
+    """The installed onnxruntime: whatever it offers, the reported provider is the one really running."""
+    handle = create_session(tiny_onnx, settings())
+    assert handle.provider == handle.session.get_providers()[0]
+    assert handle.fallback == (handle.provider == CPU)
+
+
+def test_engine_with_require_gpu_on_a_cpu_machine(tiny_onnx: Path) -> None:
+    import onnxruntime as ort
+
+    engine = Engine(settings(models=[tiny_onnx], require_gpu=True))
+    if CUDA in ort.get_available_providers():
+        try:
+            handle = create_session(tiny_onnx, settings(providers=[CUDA]))
+        except ModelLoadError:
+            handle = None
+        if handle is not None and handle.on_gpu:
+            pytest.skip("a GPU is really usable here; this test covers machines without one")
+    with pytest.raises(ModelLoadError, match="require_gpu"):
+        asyncio.run(engine.start())
