@@ -1,7 +1,8 @@
-"""API key check for every gRPC method except health and reflection.
+"""API key check for every gRPC method except health, reflection and KServe's liveness/readiness.
 
 The key is the REST one (``settings.api_key``), sent as metadata ``authorization: Bearer <key>`` or
-``x-api-key: <key>``, compared in constant time.
+``x-api-key: <key>``, compared in constant time. The exemptions mirror REST's public paths
+(``/healthz``, ``/readyz``, ``/v2/health/live``, ``/v2/health/ready``): probes carry no secrets.
 """
 
 from __future__ import annotations
@@ -16,6 +17,10 @@ EXEMPT_SERVICES = (
     "grpc.health.v1.Health",
     "grpc.reflection.v1alpha.ServerReflection",
     "grpc.reflection.v1.ServerReflection",
+)
+EXEMPT_METHODS = (
+    "/inference.GRPCInferenceService/ServerLive",
+    "/inference.GRPCInferenceService/ServerReady",
 )
 UNAUTHENTICATED_MESSAGE = (
     "missing or invalid API key (send 'authorization: Bearer <key>' or 'x-api-key: <key>')"
@@ -70,9 +75,15 @@ def _rejecting_handler(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
 class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
     """Reject calls without the configured API key (UNAUTHENTICATED)."""
 
-    def __init__(self, api_key: str, exempt_services: Iterable[str] = EXEMPT_SERVICES) -> None:
+    def __init__(
+        self,
+        api_key: str,
+        exempt_services: Iterable[str] = EXEMPT_SERVICES,
+        exempt_methods: Iterable[str] = EXEMPT_METHODS,
+    ) -> None:
         self._expected = api_key.encode("utf-8")
-        self._exempt = frozenset(exempt_services)
+        self._exempt_services = frozenset(exempt_services)
+        self._exempt_methods = frozenset(exempt_methods)
 
     async def intercept_service(
         self,
@@ -80,7 +91,12 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(handler_call_details)
-        if handler is None or _method_service(handler_call_details.method) in self._exempt:
+        method = handler_call_details.method
+        if (
+            handler is None
+            or method in self._exempt_methods
+            or _method_service(method) in self._exempt_services
+        ):
             return handler
         if key_matches(self._expected, handler_call_details.invocation_metadata):
             return handler

@@ -118,9 +118,11 @@ class OnnxReference:
 
         self._session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
 
-    def run(self, image: np.ndarray) -> dict[str, np.ndarray]:
+    def run(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        """Every output for a uint8 [N, H, W, 3] batch."""
         names = [o.name for o in self._session.get_outputs()]
-        return dict(zip(names, self._session.run(names, {"image": image[None]}), strict=True))
+        return dict(zip(names, self._session.run(names, {"image": images}), strict=True))
 
     def labels(self, image: np.ndarray) -> np.ndarray:
-        return self.run(image)["labels"][0]
+        """Labels of one [H, W, 3] image."""
+        return self.run(image[None])["labels"][0]

@@ -76,7 +76,7 @@ def test_raw_pixels_with_raw_label_encoding(
     labels = np.frombuffer(reply.labels.data, dtype="<u1").reshape(17, 33)
     np.testing.assert_array_equal(labels, reference.labels(image))
     confidence = np.frombuffer(reply.confidence, dtype="<f4").reshape(17, 33)
-    np.testing.assert_allclose(confidence, reference.run(image)["confidence"][0], rtol=1e-6)
+    np.testing.assert_allclose(confidence, reference.run(image[None])["confidence"][0], rtol=1e-6)
     assert not reply.stats  # only what was asked for
 
 
