@@ -71,6 +71,12 @@ class DanetClient:
             self._transport = RestTransport(address, api_key=api_key, timeout=timeout)
             self.address = address
             self.protocol = "rest"
+        self._closed = False
+
+    def _live(self) -> _Transport:
+        if self._closed:
+            raise DanetClientError("this DanetClient is closed", code="closed")
+        return self._transport
 
     def segment(
         self,
@@ -93,17 +99,19 @@ class DanetClient:
         options = options_from(
             format=format, model=model, alpha=alpha, mode=mode, scales=scales, flip=flip, max_size=max_size
         )
-        return self._transport.segment(image_from(image), options)
+        return self._live().segment(image_from(image), options)
 
     def list_models(self) -> list[ModelSummary]:
-        return self._transport.list_models()
+        return self._live().list_models()
 
     def ready(self) -> bool:
         """True when the server answers and its models are warm; raises when nothing answers."""
-        return self._transport.ready()
+        return self._live().ready()
 
     def close(self) -> None:
-        self._transport.close()
+        if not self._closed:
+            self._closed = True
+            self._transport.close()
 
     def __enter__(self) -> DanetClient:
         return self

@@ -1,0 +1,1 @@
+"""Client library and danet-client CLI tests (against danet-serve in a subprocess)."""
