@@ -89,24 +89,72 @@ def torch_load_safely(path: Path) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         text = str(exc)
-        match = re.search(r"GLOBAL\s+([\w.]+)", text)
-        if "Weights only load failed" in text or "Unsupported global" in text:
-            what = match.group(1) if match else "a non-tensor Python object"
+        if "Weights only load failed" not in text and "Unsupported global" not in text:
             raise CheckpointError(
-                path,
-                "unknown",
-                f"refused to unpickle {what}: the file holds Python objects other than tensors and plain "
-                "containers, and loading them could execute code; re-save only the state_dict "
-                "(torch.save(model.state_dict(), ...))",
+                path, "unknown", f"the file is not a readable PyTorch checkpoint ({text})"
             ) from None
+        return _load_with_inert_bookkeeping(path, text)
+    except (EOFError, RuntimeError, zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise _truncated(path, exc) from None
+
+
+#: Training bookkeeping that MMSegmentation 1.x / MMEngine store next to the weights (message hub
+#: history buffers, numpy scalars and arrays). Such objects are replaced by an inert placeholder.
+_BOOKKEEPING_PREFIXES = ("numpy.", "mmengine.", "mmcv.", "mmseg.")
+
+
+class _Inert:
+    """Stands in for a bookkeeping object: accepts any constructor/state, runs nothing."""
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> _Inert:
+        return object.__new__(cls)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def __setstate__(self, state: Any) -> None:
+        pass
+
+
+def _truncated(path: Path, exc: BaseException) -> CheckpointError:
+    reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return CheckpointError(
+        path, "unknown", f"the file is truncated or corrupted ({type(exc).__name__}: {reason})"
+    )
+
+
+def _load_with_inert_bookkeeping(path: Path, refusal: str) -> Any:
+    """Second attempt after ``weights_only`` refused some globals.
+
+    Only when every refused global is known training bookkeeping is the file read again, with
+    each such global bound to :class:`_Inert` (so nothing from the file is ever called). Anything
+    else (``os.system``, ``builtins.eval``, arbitrary classes) is refused with its name.
+    """
+    try:
+        names = list(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+    except Exception:  # noqa: BLE001 - any failure here means we cannot vouch for the file
+        names = []
+    dangerous = [name for name in names if not name.startswith(_BOOKKEEPING_PREFIXES)]
+    if not names or dangerous:
+        match = re.search(r"GLOBAL\s+([\w.]+)", refusal)
+        what = ", ".join(dangerous[:3]) if dangerous else (match.group(1) if match else "a Python object")
         raise CheckpointError(
-            path, "unknown", f"the file is not a readable PyTorch checkpoint ({text})"
+            path,
+            "unknown",
+            f"refused to unpickle {what}: the file holds Python objects other than tensors and plain "
+            "containers, and loading them could execute code; re-save only the state_dict "
+            "(torch.save(model.state_dict(), ...))",
+        )
+    logger.info("%s: ignoring non-tensor bookkeeping objects %s", path, ", ".join(names))
+    try:
+        with torch.serialization.safe_globals([(_Inert, name) for name in names]):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(
+            path, "unknown", f"refused to unpickle the file ({str(exc).splitlines()[0]})"
         ) from None
     except (EOFError, RuntimeError, zipfile.BadZipFile, OSError, ValueError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise CheckpointError(
-            path, "unknown", f"the file is truncated or corrupted ({type(exc).__name__}: {reason})"
-        ) from None
+        raise _truncated(path, exc) from None
 
 
 def strip_prefix(state: Mapping[str, Tensor], prefix: str) -> StateDict:

@@ -7,7 +7,9 @@ stem_width, stem_width, 2*stem_width channels with the last BN at ``pretrained.b
 ``head.conv5a/conv5c`` (3x3 conv-BN-ReLU to in/4 channels), ``head.sa`` (PAM: ``query_conv``,
 ``key_conv``, ``value_conv``, ``gamma``), ``head.sc.gamma`` (CAM), ``head.conv51/conv52`` and the
 classifiers ``head.conv6/7/8`` (Dropout2d then 1x1 conv, hence ``.1.``). Final upsampling uses
-``align_corners=True``.
+``align_corners=True``. The 2018-2019 DANet code (``encoding/dilated/resnet.py``, which produced the
+released DANet-101 Cityscapes weights) kept the unused ImageNet classifier ``pretrained.fc.*`` in
+the backbone; it plays no part in segmentation and is ignored.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from models.config import DANetConfig
 
 FORMAT = "official"
 _BACKBONE = "pretrained."
+_IGNORED_PREFIXES = ("pretrained.fc.",)
 
 _HEAD_MAP = {
     "head.conv5a.": "head.pam_in.",
@@ -126,6 +129,8 @@ def to_native(state: Mapping[str, Any], config: DANetConfig) -> tuple[StateDict,
     mapped: StateDict = {}
     unexpected: list[str] = []
     for key, value in state.items():
+        if key.startswith(_IGNORED_PREFIXES):
+            continue
         new = _map_key(key, config.deep_stem)
         if new is None:
             unexpected.append(key)

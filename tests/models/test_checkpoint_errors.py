@@ -60,11 +60,11 @@ def test_many_missing_keys_are_summarised(tmp_path: Path, official_state: dict[s
 def test_unexpected_key(tmp_path: Path, official_state: dict[str, torch.Tensor]) -> None:
     state = dict(official_state)
     state["head.extra_conv.weight"] = torch.zeros(3)
-    state["pretrained.fc.weight"] = torch.zeros(10, 2048)
+    state["pretrained.layer1.0.se.weight"] = torch.zeros(10, 2048)
     _refused(
         _official(tmp_path, state),
         "(detected format: official)",
-        "unexpected keys (2: head.extra_conv.weight, pretrained.fc.weight)",
+        "unexpected keys (2: head.extra_conv.weight, pretrained.layer1.0.se.weight)",
     )
 
 

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import sys
+import types
 from pathlib import Path
 
+import numpy as np
+import pytest
 import torch
-from danet_reference import official_state_dict
+from danet_reference import mmseg_state_dict, official_state_dict
 from safetensors import safe_open
 
 from models.checkpoints import load_checkpoint
@@ -96,3 +100,47 @@ def test_loaded_official_model_saves_and_reloads_natively(tmp_path: Path) -> Non
     x = torch.randn(1, 3, 40, 40)
     with torch.no_grad():
         assert torch.equal(first.model(x), second.model(x))
+
+
+def test_old_official_backbone_classifier_is_ignored(tmp_path: Path) -> None:
+    """The 2018-2019 DANet code saved the unused ImageNet ``pretrained.fc`` with the weights."""
+    state = official_state_dict(50, False, 19, base=8)
+    path = tmp_path / "danet101_2019.pth"
+    torch.save(state, path)
+    reference = load_checkpoint(path).model
+    state["pretrained.fc.weight"] = torch.randn(1000, 256)
+    state["pretrained.fc.bias"] = torch.randn(1000)
+    torch.save(state, path, _use_new_zipfile_serialization=False)  # PyTorch < 1.6 wrote this format
+    loaded = load_checkpoint(path).model
+    x = torch.randn(1, 3, 24, 24)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), reference(x))
+
+
+def test_mmseg_1x_bookkeeping_objects_are_tolerated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """MMEngine stores history buffers and numpy values next to the weights; they are skipped inertly."""
+    module = types.ModuleType("mmengine.logging.history_buffer")
+
+    class HistoryBuffer:
+        def __init__(self) -> None:
+            self.log = np.array([1.0, 2.0])
+
+    HistoryBuffer.__module__ = module.__name__
+    HistoryBuffer.__qualname__ = "HistoryBuffer"
+    module.HistoryBuffer = HistoryBuffer  # type: ignore[attr-defined]
+    for name in ("mmengine", "mmengine.logging"):
+        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    state = mmseg_state_dict(18, True, 2, stem_channels=16, base=8)
+    path = tmp_path / "iter_80000.pth"
+    checkpoint = {
+        "meta": {"dataset_meta": {"classes": ["bg", "fg"], "palette": [[0, 0, 0], [9, 9, 9]]}, "iter": 80000},
+        "state_dict": state,
+        "message_hub": {"log_scalars": {"loss": HistoryBuffer()}, "best": np.float64(0.5)},
+    }
+    torch.save(checkpoint, path)
+    for name in ("mmengine", "mmengine.logging", module.__name__):
+        monkeypatch.delitem(sys.modules, name)  # the reader has no mmengine installed
+    loaded = load_checkpoint(path)
+    assert loaded.source_format == "mmseg"
+    assert loaded.config.classes == ("bg", "fg") and loaded.config.palette[1] == (9, 9, 9)
