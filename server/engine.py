@@ -26,6 +26,7 @@ from server.errors import (
     ModelLoadError,
     ModelNotFound,
     NotReady,
+    Overloaded,
     PayloadTooLarge,
 )
 from server.imaging import resize_nearest, resize_rgb
@@ -196,11 +197,9 @@ class Engine:
         for entry in list(self._models.values()):
             for height, width in self._warmup_shapes(entry.info):
                 started = time.perf_counter()
-                batch = 1
-                images = np.zeros((batch, height, width, 3), dtype=np.uint8)
-                await self._infer(entry, images, entry.info.output_names)
-                if entry.batcher.max_batch > 1:
-                    images = np.zeros((entry.batcher.max_batch, height, width, 3), dtype=np.uint8)
+                # batch 1, and the full batch when batching can produce it (new shapes are slow once)
+                for batch in sorted({1, entry.batcher.max_batch}):
+                    images = np.zeros((batch, height, width, 3), dtype=np.uint8)
                     await self._infer(entry, images, entry.info.output_names)
                 logger.info(
                     "warmed up %s at %dx%d in %.0f ms",
@@ -305,9 +304,8 @@ class Engine:
     ) -> dict[str, np.ndarray]:
         try:
             future = entry.batcher.submit(np.ascontiguousarray(images), tuple(outputs))
-        except Exception as exc:
-            if getattr(exc, "code", None) == "overloaded":
-                self.metrics.overloaded.labels(entry.info.name).inc()
+        except Overloaded:
+            self.metrics.overloaded.labels(entry.info.name).inc()
             raise
         try:
             return await asyncio.wait_for(asyncio.wrap_future(future), self.settings.request_timeout_s)

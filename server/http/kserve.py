@@ -17,34 +17,21 @@ from fastapi.responses import JSONResponse, Response
 
 from common.contract import INPUT_IMAGE
 from server import __version__
+from server.engine import Engine
 from server.errors import InvalidOption, ModelNotFound, NotReady, PayloadTooLarge
 from server.http.deps import EngineDep, SettingsDep
-from server.model import ModelInfo, TensorSpec
+from server.model import ORT_TYPES, ModelInfo, TensorSpec
 
 router = APIRouter(prefix="/v2", tags=["kserve-v2"])
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 SERVER_NAME = "danet-serve"
 EXTENSIONS = ["binary_tensor_data", "model_configuration"]
-V2_DTYPES = {
-    "BOOL": np.bool_,
-    "UINT8": np.uint8,
-    "UINT16": np.uint16,
-    "UINT32": np.uint32,
-    "UINT64": np.uint64,
-    "INT8": np.int8,
-    "INT16": np.int16,
-    "INT32": np.int32,
-    "INT64": np.int64,
-    "FP16": np.float16,
-    "FP32": np.float32,
-    "FP64": np.float64,
-}
-_TRITON_TYPES = {name: f"TYPE_{name}" for name in V2_DTYPES} | {"BOOL": "TYPE_BOOL"}
+_TRITON_TYPES = {v2: f"TYPE_{v2}" for v2, _ in ORT_TYPES.values()}  # Triton model-config names
 
 
-def _model(engine: Any, name: str, version: str | None) -> ModelInfo:
-    info: ModelInfo = engine.get_model(name)
+def _model(engine: Engine, name: str, version: str | None) -> ModelInfo:
+    info = engine.get_model(name)
     if version not in (None, "", info.version):
         raise ModelNotFound(f"model {name!r} has no version {version!r} (versions: [{info.version!r}])")
     return info

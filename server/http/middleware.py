@@ -80,10 +80,8 @@ class ServiceMiddleware:
                 )
         finally:
             elapsed = time.perf_counter() - started
-            route = scope.get("route")
-            label = getattr(route, "path", None) or ("unmatched" if state["status"] == 404 else path)
-            if not isinstance(label, str) or (route is None and state["status"] == 404):
-                label = "unmatched"
+            # the route template, never the raw path: unknown paths must not grow the label set
+            label = getattr(scope.get("route"), "path", None) or "unmatched"
             self.metrics.requests.labels(label, method, str(state["status"])).inc()
             self.metrics.latency.labels(label, method).observe(elapsed)
             if self.settings.access_log:
