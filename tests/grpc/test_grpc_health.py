@@ -71,6 +71,13 @@ def test_lifecycle_not_ready_serving_then_shutdown(tiny_onnx: Path) -> None:
             with pytest.raises(grpc.RpcError) as info:
                 pb_grpc.SegmentationServiceStub(channel).ListModels(pb.ListModelsRequest(), timeout=10)
             assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+            with pytest.raises(grpc.RpcError) as info:
+                list(
+                    pb_grpc.SegmentationServiceStub(channel).SegmentStream(
+                        iter([pb.SegmentRequest()]), timeout=10
+                    )
+                )
+            assert info.value.code() == grpc.StatusCode.UNAVAILABLE
             assert inference.ServerLive(kserve.ServerLiveRequest(), timeout=10).live is True
             assert inference.ServerReady(kserve.ServerReadyRequest(), timeout=10).ready is False
             assert inference.ModelReady(kserve.ModelReadyRequest(name="tiny"), timeout=10).ready is False
