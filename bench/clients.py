@@ -191,10 +191,11 @@ class GrpcSegmenter:
     ) -> None:
         import grpc
 
-        pb2, pb2_grpc = segmentation_stubs()
+        pb2, self._pb2_grpc = segmentation_stubs()
         self._grpc = grpc
-        self.channel = grpc.aio.insecure_channel(target, options=grpc_channel_options())
-        self.stub = pb2_grpc.SegmentationServiceStub(self.channel)
+        self.target = target
+        self.channel: Any = None
+        self.stub: Any = None
         kind = pb2.OutputKind.Value(f"OUTPUT_KIND_{output.upper()}")
         self.request_message: Any = pb2.SegmentRequest(
             encoded=image, options=pb2.SegmentOptions(model=model, outputs=[kind])
@@ -203,6 +204,9 @@ class GrpcSegmenter:
         self.metadata = metadata
 
     async def __aenter__(self) -> GrpcSegmenter:
+        # grpc.aio channels belong to the running event loop: create it here, not in __init__.
+        self.channel = self._grpc.aio.insecure_channel(self.target, options=grpc_channel_options())
+        self.stub = self._pb2_grpc.SegmentationServiceStub(self.channel)
         await self.channel.channel_ready()
         return self
 

@@ -49,37 +49,48 @@ class PreparedModel:
         }
 
 
-def _export_variants(
-    checkpoint: Path, stem: Path, precisions: list[str], rebuild: bool, notes: list[str]
-) -> dict[str, Path]:
-    """Export the requested precisions of ``checkpoint`` to ``<stem>-<precision>.onnx`` (cached)."""
-    variants: dict[str, Path] = {}
-    if not precisions:
-        return variants
-    try:
-        from export.onnx_export import export_onnx
+def _one_line(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
 
-        from models.checkpoints import load_checkpoint
-    except ImportError as exc:
-        notes.append(f"variants {precisions} skipped: the export extra is not importable ({exc})")
-        return variants
-    loaded = None
-    for precision in precisions:
-        out = stem.parent / f"{stem.name}-{precision}.onnx"
-        if out.exists() and not rebuild:
-            variants[precision] = out
-            continue
+
+def _export(
+    checkpoint: Path, output: Path, precisions: list[str], *, logits: bool, rebuild: bool, notes: list[str]
+) -> dict[str, Path]:
+    """Export ``checkpoint`` to ``output`` (fp32) plus its fp16/int8 variants; returns precision -> file.
+
+    Cached: files already in the work directory are reused unless ``rebuild``. If one combined export
+    fails, each variant is retried on its own so that one broken precision does not hide the others.
+    """
+    from export.onnx_export import export_onnx, variant_path
+    from models.checkpoints import load_checkpoint
+
+    wanted = [p for p in precisions if p != "fp32"]
+    paths = {"fp32": output, **{p: variant_path(output, p) for p in wanted}}
+    if not rebuild and all(path.exists() for path in paths.values()):
+        return paths
+    loaded = load_checkpoint(checkpoint)
+
+    def run(*, fp16: bool = False, int8: bool = False) -> None:
+        # verify=False: the benchmark measures agreement itself, on its own images, and reports it.
+        export_onnx(loaded, output, logits=logits, fp16=fp16, int8=int8, verify=False, calibration_count=8)
+
+    try:
+        logger.info("exporting %s (fp32%s)", output.name, "".join(f", {p}" for p in wanted))
+        run(fp16="fp16" in wanted, int8="int8" in wanted)
+        return paths
+    except Exception as exc:
+        if not wanted:
+            raise
+        logger.warning("combined export failed (%s); exporting each precision on its own", _one_line(exc))
+    run()
+    done = {"fp32": output}
+    for precision in wanted:
         try:
-            loaded = loaded or load_checkpoint(checkpoint)
-            logger.info("exporting %s (%s)", out.name, precision)
-            flags = {"fp16": precision == "fp16", "int8": precision == "int8"}
-            export_onnx(loaded, out, verify=False, **flags)
-            variants[precision] = out
+            run(fp16=precision == "fp16", int8=precision == "int8")
+            done[precision] = paths[precision]
         except Exception as exc:  # report, never hide: the table says why the row is missing
-            notes.append(
-                f"{precision} export failed: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
-            )
-    return variants
+            notes.append(f"{precision} export failed: {_one_line(exc)}")
+    return done
 
 
 def prepare_default(work_dir: Path, precisions: list[str], rebuild: bool = False) -> PreparedModel:
@@ -89,23 +100,42 @@ def prepare_default(work_dir: Path, precisions: list[str], rebuild: bool = False
     checkpoint = DEFAULT_CHECKPOINT if DEFAULT_CHECKPOINT.exists() else None
     if checkpoint is None:
         notes.append(f"no checkpoint at {DEFAULT_CHECKPOINT}: no PyTorch eager row, no variants")
+    variants: dict[str, Path] = {}
     wanted = [p for p in precisions if p != "fp32"]
-    variants = (
-        _export_variants(checkpoint, work_dir / DEFAULT_MODEL_NAME, wanted, rebuild, notes)
-        if checkpoint
-        else {}
-    )
+    if checkpoint is not None and wanted:
+        # The served (committed) fp32 file stays the floor; the variants come from the same checkpoint.
+        try:
+            exported = _export(
+                checkpoint,
+                work_dir / f"{DEFAULT_MODEL_NAME}.onnx",
+                precisions,
+                logits=_has_logits(DEFAULT_ONNX),
+                rebuild=rebuild,
+                notes=notes,
+            )
+            variants = {p: path for p, path in exported.items() if p != "fp32"}
+        except ImportError as exc:
+            notes.append(f"variants {wanted} not measured: the export extra is not importable ({exc})")
+        except Exception as exc:
+            notes.append(f"variants {wanted} not measured: export failed: {_one_line(exc)}")
     return PreparedModel(DEFAULT_MODEL_NAME, "default", DEFAULT_ONNX, checkpoint, variants, notes)
+
+
+def _has_logits(model: Path) -> bool:
+    import onnxruntime as ort
+
+    from common.contract import OUTPUT_LOGITS
+
+    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    return any(o.name == OUTPUT_LOGITS for o in session.get_outputs())
 
 
 def prepare_r50(
     work_dir: Path, precisions: list[str], *, seed: int = 0, rebuild: bool = False
 ) -> PreparedModel:
-    """DANet-ResNet50-OS8 with random weights: native checkpoint + fp32 export (+ variants)."""
+    """DANet-ResNet50-OS8 with random weights: native checkpoint + export (+ variants)."""
     import torch
-    from export.onnx_export import export_onnx
 
-    from models.checkpoints import load_checkpoint
     from models.checkpoints.native import save_native
     from models.danet import danet_resnet50
 
@@ -113,16 +143,16 @@ def prepare_r50(
     work_dir.mkdir(parents=True, exist_ok=True)
     stem = work_dir / f"danet-r50-os8-seed{seed}"
     checkpoint = stem.with_suffix(".safetensors")
-    fp32 = stem.parent / f"{stem.name}-fp32.onnx"
     if rebuild or not checkpoint.exists():
         torch.manual_seed(seed)
         model = danet_resnet50(num_classes=19, output_stride=8, name="danet-r50-os8-random").eval()
         save_native(model, model.config, checkpoint)
-    if rebuild or not fp32.exists():
-        logger.info("exporting %s", fp32.name)
-        export_onnx(load_checkpoint(checkpoint), fp32, verify=False)
-    variants = _export_variants(checkpoint, stem, [p for p in precisions if p != "fp32"], rebuild, notes)
-    return PreparedModel("danet-r50-os8", "r50", fp32, checkpoint, variants, notes)
+        rebuild = True  # new weights: stale exports must not be reused
+    exported = _export(
+        checkpoint, stem.with_suffix(".onnx"), precisions, logits=False, rebuild=rebuild, notes=notes
+    )
+    variants = {p: path for p, path in exported.items() if p != "fp32"}
+    return PreparedModel("danet-r50-os8", "r50", exported["fp32"], checkpoint, variants, notes)
 
 
 def prepare_tiny(work_dir: Path) -> PreparedModel:

@@ -1,0 +1,216 @@
+"""What only a GPU shows: provider really used, fp16 vs fp32, IO-binding latency by batch, peak GPU memory.
+
+    python -m bench.gpu_report --work-dir /tmp/gpu --json gpu.json
+
+Exports DANet-ResNet50-OS8 (random weights, which decide speed only) and the embedded default model
+to fp32 and fp16 with ``export.onnx_export``, then for each file and each provider in ``--providers``:
+
+* the provider onnxruntime really selected (``session.get_providers()[0]``), never the requested one;
+* label agreement and max confidence difference of fp16 against fp32 on synthetic scenes;
+* latency (p50/p95) and throughput with IO binding (input copied to the device once, outputs bound
+  there) at batch 1/4/8 at 512x512, and batch 1 at 1024x2048;
+* peak GPU memory of a fresh process running one 1024x2048 image (NVML, polled every 5 ms).
+
+Needs the ``export`` extra (torch) for the exports and ``nvidia-ml-py`` for the memory figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.floor import GPU_PROVIDERS, make_session, runner_factory, time_sequential
+from bench.stats import LatencyStats
+from common.contract import DEFAULT_CHECKPOINT, INPUT_IMAGE, OUTPUT_CONFIDENCE, OUTPUT_LABELS
+
+
+def _export(checkpoint: Path, output: Path) -> dict[str, Path]:
+    from export.onnx_export import export_onnx, variant_path
+    from models.checkpoints import load_checkpoint
+
+    if not output.exists() or not variant_path(output, "fp16").exists():
+        export_onnx(load_checkpoint(checkpoint), output, fp16=True, verify=False)
+    return {"fp32": output, "fp16": variant_path(output, "fp16")}
+
+
+def prepare(work_dir: Path) -> dict[str, dict[str, Path]]:
+    """fp32 + fp16 ONNX files for R50-OS8 (random weights) and the default model."""
+    import torch
+
+    from models.checkpoints.native import save_native
+    from models.danet import danet_resnet50
+
+    work_dir.mkdir(parents=True, exist_ok=True)
+    r50 = work_dir / "danet-r50-os8.safetensors"
+    if not r50.exists():
+        torch.manual_seed(0)
+        model = danet_resnet50(num_classes=19, output_stride=8, name="danet-r50-os8-random").eval()
+        save_native(model, model.config, r50)
+    return {
+        "danet-r50-os8": _export(r50, work_dir / "danet-r50-os8.onnx"),
+        "danet-synthetic": _export(DEFAULT_CHECKPOINT, work_dir / "danet-synthetic.onnx"),
+    }
+
+
+def scenes(count: int, size: tuple[int, int]) -> list[np.ndarray]:
+    from models.synthetic import generate_scene
+
+    return [generate_scene(10_000 + i, size[0], size[1])[0] for i in range(count)]
+
+
+def agreement(files: dict[str, Path], providers: list[str], size: tuple[int, int]) -> dict[str, Any]:
+    """fp16 against fp32 on the same provider: pixel agreement of labels, max |confidence diff|."""
+    s32 = make_session(files["fp32"], providers, 0)
+    s16 = make_session(files["fp16"], providers, 0)
+    agree, total, conf = 0, 0, 0.0
+    nan = False
+    for image in scenes(4, size):
+        batch = image[None]
+        l32, c32 = s32.run([OUTPUT_LABELS, OUTPUT_CONFIDENCE], {INPUT_IMAGE: batch})
+        l16, c16 = s16.run([OUTPUT_LABELS, OUTPUT_CONFIDENCE], {INPUT_IMAGE: batch})
+        nan = nan or bool(np.isnan(c16.astype(np.float32)).any())
+        agree += int((l32 == l16).sum())
+        total += l32.size
+        conf = max(conf, float(np.abs(c32.astype(np.float32) - c16.astype(np.float32)).max()))
+    return {
+        "provider_fp32": s32.get_providers()[0],
+        "provider_fp16": s16.get_providers()[0],
+        "label_agreement": agree / total,
+        "max_confidence_diff": conf,
+        "fp16_nan": nan,
+    }
+
+
+def latency(model: Path, providers: list[str], batch: int, size: tuple[int, int], iterations: int) -> dict:
+    session = make_session(model, providers, 0)
+    provider = session.get_providers()[0]
+    image = scenes(1, size)[0]
+    inputs = np.ascontiguousarray(np.repeat(image[None], batch, axis=0))
+    bound = provider in GPU_PROVIDERS
+    run = runner_factory(session, inputs, [OUTPUT_LABELS, OUTPUT_CONFIDENCE], io_binding=bound)()
+    durations, wall = time_sequential(run, iterations=iterations, warmup=3)
+    stats = LatencyStats.from_seconds(durations)
+    return {
+        "provider": provider,
+        "io_binding": bound,
+        "batch": batch,
+        "size": f"{size[0]}x{size[1]}",
+        "p50_ms": stats.p50,
+        "p95_ms": stats.p95,
+        "images_per_s": batch * len(durations) / wall,
+    }
+
+
+def _peak_gpu_memory_child(model: str, providers: list[str], height: int, width: int) -> None:
+    """Child process: run one image, print the NVML peak of this process's GPU memory (MiB)."""
+    import os
+
+    import pynvml
+
+    pynvml.nvmlInit()
+    handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+    pid = os.getpid()
+    peak = 0
+    stop = threading.Event()
+
+    def poll() -> None:
+        nonlocal peak
+        while not stop.is_set():
+            for proc in pynvml.nvmlDeviceGetComputeRunningProcesses(handle):
+                if proc.pid == pid and proc.usedGpuMemory:
+                    peak = max(peak, proc.usedGpuMemory)
+            time.sleep(0.005)
+
+    thread = threading.Thread(target=poll, daemon=True)
+    thread.start()
+    session = make_session(Path(model), providers, 0)
+    image = np.zeros((1, height, width, 3), np.uint8)
+    image[:, : height // 2] = 200
+    t0 = time.perf_counter()
+    session.run([OUTPUT_LABELS], {INPUT_IMAGE: image})
+    first = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    session.run([OUTPUT_LABELS], {INPUT_IMAGE: image})
+    second = time.perf_counter() - t0
+    time.sleep(0.05)
+    stop.set()
+    thread.join()
+    sys.stdout.write(
+        json.dumps(
+            {
+                "provider": session.get_providers()[0],
+                "peak_gpu_mib": peak / 2**20,
+                "first_run_ms": first * 1000,
+                "second_run_ms": second * 1000,
+            }
+        )
+        + "\n"
+    )
+
+
+def peak_gpu_memory(model: Path, providers: list[str], size: tuple[int, int]) -> dict[str, Any]:
+    code = (
+        "import sys, json; from bench.gpu_report import _peak_gpu_memory_child as f; "
+        "f(sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(model), json.dumps(providers), str(size[0]), str(size[1])],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if out.returncode != 0:
+        return {"error": out.stderr.strip().splitlines()[-1] if out.stderr.strip() else "failed"}
+    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--work-dir", type=Path, default=Path("runs/gpu"))
+    parser.add_argument("--providers", default="CUDAExecutionProvider,CPUExecutionProvider")
+    parser.add_argument("--iterations", type=int, default=30)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args(argv)
+    import onnxruntime as ort
+
+    providers = args.providers.split(",")
+    result: dict[str, Any] = {
+        "onnxruntime": ort.__version__,
+        "available_providers": ort.get_available_providers(),
+        "models": {},
+    }
+    print(json.dumps({k: result[k] for k in ("onnxruntime", "available_providers")}), flush=True)
+    for name, files in prepare(args.work_dir).items():
+        entry: dict[str, Any] = {"fp16_vs_fp32_512": agreement(files, providers, (512, 512))}
+        print(name, json.dumps(entry), flush=True)
+        rows = []
+        for precision, path in files.items():
+            for batch in (1, 4, 8):
+                row = latency(path, providers, batch, (512, 512), args.iterations)
+                rows.append({"precision": precision, **row})
+                print(name, json.dumps(rows[-1]), flush=True)
+            row = latency(path, providers, 1, (1024, 2048), max(5, args.iterations // 3))
+            rows.append({"precision": precision, **row})
+            print(name, json.dumps(rows[-1]), flush=True)
+            memory = peak_gpu_memory(path, providers, (1024, 2048))
+            entry[f"memory_1024x2048_{precision}"] = memory
+            print(name, precision, json.dumps(memory), flush=True)
+        entry["latency"] = rows
+        result["models"][name] = entry
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
