@@ -85,6 +85,13 @@ class _Loaded:
     use_io_binding: bool
 
 
+def _restore_size(
+    labels: np.ndarray, confidence: np.ndarray | None, size: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Back to the input's size with nearest neighbour (labels must stay class ids)."""
+    return resize_nearest(labels, size), None if confidence is None else resize_nearest(confidence, size)
+
+
 class Engine:
     """Owns sessions and schedulers. ``await start()`` loads and warms up; then ``ready`` is True."""
 
@@ -354,7 +361,9 @@ class Engine:
         t0 = time.perf_counter()
         max_size = options.max_size if options.max_size is not None else self.settings.max_inference_size
         work_size = inference_size(height, width, max_size)
-        work = resize_rgb(image, work_size)
+        work = (
+            image if work_size == (height, width) else await asyncio.to_thread(resize_rgb, image, work_size)
+        )
         timings["preprocess_ms"] = (time.perf_counter() - t0) * 1000
 
         t1 = time.perf_counter()
@@ -373,10 +382,8 @@ class Engine:
             labels, confidence = await asyncio.to_thread(labels_and_confidence, fused)
 
         labels = labels.astype(np.uint8 if info.num_classes <= 256 else np.uint16, copy=False)
-        if labels.shape != (height, width):
-            labels = resize_nearest(labels, (height, width))
-            if confidence is not None:
-                confidence = resize_nearest(confidence, (height, width))
+        if labels.shape != (height, width):  # full-size maps can be large: not on the event loop
+            labels, confidence = await asyncio.to_thread(_restore_size, labels, confidence, (height, width))
         timings["postprocess_ms"] = (time.perf_counter() - t2) * 1000
         return SegmentResult(
             model=info.name,

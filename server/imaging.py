@@ -33,7 +33,15 @@ SUPPORTED_MEDIA_TYPES = {
     "image/gif": "GIF",
 }
 # Media types that carry no type information: identify the format from the bytes.
-GENERIC_MEDIA_TYPES = {"", "application/octet-stream", "binary/octet-stream", "image/*", "*/*"}
+# (curl --data-binary sends application/x-www-form-urlencoded unless told otherwise.)
+GENERIC_MEDIA_TYPES = {
+    "",
+    "application/octet-stream",
+    "binary/octet-stream",
+    "application/x-www-form-urlencoded",
+    "image/*",
+    "*/*",
+}
 
 _BACKGROUND = (255, 255, 255)  # transparent pixels are composited over white
 

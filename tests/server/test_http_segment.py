@@ -53,6 +53,10 @@ def test_raw_body_without_content_type_is_sniffed(client: TestClient) -> None:
     response = client.post("/segment?format=index", content=encode(SCENE, "JPEG", quality=98))
     assert response.status_code == 200, response.text
     assert png_of(response).size == (64, 48)
+    # what `curl --data-binary @x.png` sends without -H: sniffed as well
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    response = client.post("/segment?format=index", content=encode(SCENE), headers=form)
+    np.testing.assert_array_equal(np.asarray(png_of(response)), EXPECTED)
 
 
 def test_index_format_is_grey_class_ids(client: TestClient) -> None:
