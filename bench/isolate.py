@@ -25,7 +25,9 @@ def _peak_rss_bytes() -> int:
 def _call_and_measure(fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[T, int]:
     import logging
 
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    # Progress of our own steps only; the exporters' INFO chatter would drown it.
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
+    logging.getLogger("bench").setLevel(logging.INFO)
     result = fn(*args, **kwargs)
     return result, _peak_rss_bytes()
 
