@@ -109,6 +109,11 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument("--iterations", type=int, default=10, help="timed sequential calls per path and size")
     how.add_argument("--warmup", type=int, default=2, help="untimed calls before timing")
     how.add_argument("--concurrency", type=_ints, default=[1, 4, 16], help="throughput concurrency levels")
+    how.add_argument(
+        "--concurrency-sizes",
+        type=_sizes,
+        help="run the concurrency > 1 throughput loops only at these sizes (default: every size)",
+    )
     how.add_argument("--rounds", type=int, default=2, help="calls per client in each throughput run")
     how.add_argument(
         "--threads", type=int, default=0, help="intra-op threads everywhere (0 = all usable cores)"
@@ -142,10 +147,17 @@ class Plan:
     iterations: int
     warmup: int
     concurrency: list[int]
+    concurrency_sizes: list[tuple[int, int]] | None
     rounds: int
     device: str
     http_format: str
     http_upload: str
+
+    def levels(self, size: tuple[int, int]) -> list[int]:
+        """Concurrency levels measured at ``size``."""
+        if self.concurrency_sizes is None or size in self.concurrency_sizes:
+            return self.concurrency
+        return [1]
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -156,6 +168,9 @@ class Plan:
             "iterations": self.iterations,
             "warmup": self.warmup,
             "concurrency": self.concurrency,
+            "concurrency_sizes": None
+            if self.concurrency_sizes is None
+            else [report.size_text(s) for s in self.concurrency_sizes],
             "rounds": self.rounds,
             "device": self.device,
             "http_format": self.http_format,
@@ -219,7 +234,7 @@ def measure_in_process(
     common = {
         "iterations": plan.iterations,
         "warmup": plan.warmup,
-        "concurrency": plan.concurrency,
+        "concurrency": plan.levels(size),
         "rounds": plan.rounds,
     }
     logger.info("[%s %s] floor (onnxruntime fp32, %s)", model.name, report.size_text(size), plan.providers[0])
@@ -298,13 +313,13 @@ def server_env(plan: Plan) -> dict[str, str]:
     }
 
 
-async def _drive(client: Any, plan: Plan) -> tuple[LoadResult, dict[int, float]]:
+async def _drive(client: Any, plan: Plan, size: tuple[int, int]) -> tuple[LoadResult, dict[int, float]]:
     """Warm-up, then ``iterations`` sequential calls (latency), then a closed loop per concurrency."""
     for _ in range(plan.warmup):
         await client()
     sequential = await run_closed_loop(client, concurrency=1, total=plan.iterations)
     throughput = {1: sequential.throughput_rps}
-    for c in plan.concurrency:
+    for c in plan.levels(size):
         if c > 1:
             result = await run_closed_loop(client, concurrency=c, total=c * plan.rounds)
             if result.failures:
@@ -333,7 +348,7 @@ async def _http_path(
         if answer.shape[:2] != size:
             raise RuntimeError(f"POST /segment returned a {answer.shape[:2]} map for a {size} image")
         provider = first.headers.get("x-danet-provider", "")
-        sequential, throughput = await _drive(client, plan)
+        sequential, throughput = await _drive(client, plan, size)
     return sequential, throughput, provider
 
 
@@ -345,7 +360,7 @@ async def _grpc_path(
         reply = await client.request()
         if (reply.height, reply.width) != size:
             raise RuntimeError(f"Segment returned {reply.height}x{reply.width} for a {size} image")
-        sequential, throughput = await _drive(client, plan)
+        sequential, throughput = await _drive(client, plan, size)
     return sequential, throughput, str(reply.provider)
 
 
@@ -413,6 +428,7 @@ def run(
         iterations=max(1, args.iterations),
         warmup=max(0, args.warmup),
         concurrency=sorted(set(args.concurrency)),
+        concurrency_sizes=args.concurrency_sizes,
         rounds=max(1, args.rounds),
         device=args.device if not args.providers else "custom",
         http_format=args.http_format,
