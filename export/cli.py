@@ -171,12 +171,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         # Heavy imports after argument parsing, so --help is instant.
         from export.graph import DEFAULT_OPSET
-        from export.onnx_export import ExportError, VerificationError, export_onnx
+        from export.onnx_export import ExportError, VerificationError, check_output, export_onnx
         from models.checkpoints import CheckpointError, load_checkpoint
 
-        if not args.quiet and not args.json:
-            sys.stderr.write(f"Loading {args.checkpoint} ...\n")
         try:
+            check_output(output)
+            if not args.quiet and not args.json:
+                sys.stderr.write(f"Loading {args.checkpoint} ...\n")
             loaded = load_checkpoint(
                 args.checkpoint,
                 output_stride=args.output_stride,

@@ -53,6 +53,7 @@ __all__ = [
     "ExportError",
     "ExportReport",
     "VariantResult",
+    "check_output",
     "VerificationError",
     "export_onnx",
     "torch_reference",
@@ -150,10 +151,16 @@ def torch_reference(model: torch.nn.Module, config: Any) -> Callable[[np.ndarray
     return run
 
 
-def _check_output(output: Path) -> None:
-    """Fail early, before minutes of tracing, when the output cannot be written."""
-    if output.exists() and output.is_dir():
+def check_output(output: Path) -> None:
+    """Fail early, before minutes of loading and tracing, when ``output`` cannot be written."""
+    if output.is_dir():
         raise ExportError(f"Cannot write the ONNX file to {output}: it is a directory; give a file name.")
+    blocker = next((p for p in output.parents if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise ExportError(
+            f"Cannot write the ONNX file to {output}: {blocker} is a file, not a directory. "
+            "Choose another --output path."
+        )
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=output.parent, prefix=f".{output.name}.", suffix=".probe"):
@@ -236,7 +243,7 @@ def export_onnx(
     config = loaded.config
     model_name = name or output.stem
     _validate(opset, model_name, triton_repo, verify_shapes)
-    _check_output(output)
+    check_output(output)
     if int8 and calibration is not None and not Path(calibration).is_dir():
         raise ExportError(f"The calibration directory {calibration} does not exist or is not a directory.")
 

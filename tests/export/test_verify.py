@@ -1,0 +1,100 @@
+"""Verification catches what it is there to catch: tampered weights, broken graphs, wrong preprocessing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import pytest
+
+from export.onnx_export import torch_reference
+from export.verify import (
+    VerificationError,
+    check_graph,
+    compare_graphs,
+    verify_against_torch,
+    with_logits_output,
+)
+
+SHAPES = ((1, 48, 64), (1, 41, 57))
+
+
+def _load(report: Any) -> onnx.ModelProto:
+    return onnx.load(str(report.output))
+
+
+def _largest_float_initializer(model: onnx.ModelProto) -> onnx.TensorProto:
+    floats = [
+        t for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT and len(t.dims) == 4
+    ]
+    return max(floats, key=lambda t: int(np.prod(t.dims)))
+
+
+def test_untampered_graph_passes_with_tight_numbers(tiny_export: Any, tiny_loaded: Any) -> None:
+    report = verify_against_torch(
+        _load(tiny_export), torch_reference(tiny_loaded.model, tiny_loaded.config), shapes=SHAPES
+    )
+    assert report.passed
+    assert report.max_abs_logit_diff < 1e-4
+    assert report.agreement == 1.0
+    assert len(report.cases) == 2 and report.cases[1].shape == (1, 41, 57)
+    # the report the export itself produced covers square, non-square and odd sizes
+    shapes = [case.shape for case in tiny_export.verification.cases]
+    assert any(h == w for _, h, w in shapes) and any(h % 2 and w % 2 for _, h, w in shapes)
+    assert any(b > 1 for b, _, _ in shapes)
+
+
+def test_tampered_weights_are_caught(tiny_export: Any, tiny_loaded: Any) -> None:
+    model = _load(tiny_export)
+    tensor = _largest_float_initializer(model)
+    weights = onnx.numpy_helper.to_array(tensor).copy()
+    weights *= 1.05  # a 5% change in one convolution
+    tensor.CopyFrom(onnx.numpy_helper.from_array(weights, tensor.name))
+    with pytest.raises(VerificationError) as caught:
+        verify_against_torch(model, torch_reference(tiny_loaded.model, tiny_loaded.config), shapes=SHAPES)
+    report = caught.value.report
+    assert report is not None and not report.passed
+    assert report.max_abs_logit_diff > 1e-3
+    assert "FAILED" in str(caught.value)
+
+
+def test_tampered_normalisation_is_caught(tiny_export: Any, tiny_loaded: Any) -> None:
+    """Preprocessing drift (the classic ONNX-vs-PyTorch bug) fails verification."""
+    model = _load(tiny_export)
+    mean = next(t for t in model.graph.initializer if list(t.dims) == [1, 3, 1, 1])
+    values = onnx.numpy_helper.to_array(mean).copy()
+    values[0, 0] += 2.0
+    mean.CopyFrom(onnx.numpy_helper.from_array(values, mean.name))
+    with pytest.raises(VerificationError):
+        verify_against_torch(model, torch_reference(tiny_loaded.model, tiny_loaded.config), shapes=SHAPES)
+
+
+def test_checker_failure_is_a_verification_error(tiny_export: Any) -> None:
+    model = _load(tiny_export)
+    conv = next(node for node in model.graph.node if node.op_type == "Conv")
+    conv.input[1] = "no_such_tensor"
+    with pytest.raises(VerificationError, match="onnx.checker"):
+        check_graph(model)
+
+
+def test_variant_comparison_fails_below_its_floor(tiny_export: Any, tmp_path: Path) -> None:
+    model = _load(tiny_export)
+    tensor = next(t for t in model.graph.initializer if t.dims and t.dims[0] == 7 and len(t.dims) == 4)
+    weights = onnx.numpy_helper.to_array(tensor).copy()
+    tensor.CopyFrom(onnx.numpy_helper.from_array(weights[::-1].copy(), tensor.name))  # swap classes
+    with pytest.raises(VerificationError) as caught:
+        compare_graphs(model, tiny_export.output, subject="swapped", shapes=SHAPES, min_agreement=0.9)
+    assert caught.value.report is not None and caught.value.report.agreement < 0.9
+
+
+def test_logits_are_exposed_only_from_our_graphs(tiny_export: Any) -> None:
+    model = _load(tiny_export)
+    exposed = with_logits_output(model)
+    assert [o.name for o in exposed.graph.output][-1] == "logits"
+    assert [o.name for o in model.graph.output] == ["labels", "confidence"]  # original untouched
+    for node in model.graph.node:
+        node.output[:] = [name.replace("logits", "renamed") for name in node.output]
+    with pytest.raises(VerificationError, match="logits"):
+        with_logits_output(model)
