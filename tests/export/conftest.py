@@ -19,7 +19,7 @@ import torch
 from models.checkpoints import LoadedCheckpoint, load_checkpoint
 from models.checkpoints.native import save_native
 from models.config import DANetConfig
-from models.danet import build_danet
+from models.danet import DANet, build_danet
 from models.synthetic import CLASSES, PALETTE
 
 TINY_FIELDS: dict[str, Any] = {"depth": 18, "base_width": 8, "stem_width": 8, "deep_stem": True}
@@ -38,11 +38,12 @@ def tiny_config(**overrides: Any) -> DANetConfig:
     return DANetConfig(**fields)
 
 
-def randomise(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+def randomise(model: DANet, seed: int = 0) -> DANet:
     """Non-trivial BN statistics and attention gammas, so every part of the graph matters."""
     generator = torch.Generator().manual_seed(seed)
     for module in model.modules():
         if isinstance(module, torch.nn.BatchNorm2d):
+            assert module.running_mean is not None and module.running_var is not None
             module.running_mean.copy_(torch.randn(module.num_features, generator=generator) * 0.2)
             module.running_var.copy_(0.5 + torch.rand(module.num_features, generator=generator))
             module.weight.data.copy_(0.5 + torch.rand(module.num_features, generator=generator))
