@@ -7,6 +7,9 @@ is logged loudly, and ``require_gpu`` turns it into a start-up failure.
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import io
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -130,6 +133,8 @@ def create_session(
             f"{list(settings.providers)}, onnxruntime offers {available}. Install onnxruntime-gpu with CUDA "
             "or unset DANET_REQUIRE_GPU."
         )
+    if any(p in (CUDA, TENSORRT) for p in plan):
+        _preload_cuda_libraries()
     source = str(model) if isinstance(model, Path) else model
     attempt = list(plan)
     last_error: Exception | None = None
@@ -167,6 +172,24 @@ def create_session(
         logger.warning("GPU FALLBACK: %s", message, extra={"provider": active, "model": label})
     logger.info("%s: active execution provider %s", label, active, extra={"provider": active, "model": label})
     return SessionHandle(session=session, provider=active, requested=attempt, fallback=fallback, notes=notes)
+
+
+@functools.cache
+def _preload_cuda_libraries() -> None:
+    """Let onnxruntime find CUDA/cuDNN from the nvidia-* Python packages (no LD_LIBRARY_PATH needed).
+
+    Missing libraries are not an error here: the session then falls back and says so."""
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is None:
+        return
+    chatter = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(chatter):
+            preload()
+    except Exception as exc:  # a failed preload only means "no usable CUDA libraries"
+        logger.debug("onnxruntime.preload_dlls failed: %s", exc)
+    if chatter.getvalue().strip():
+        logger.debug("onnxruntime.preload_dlls: %s", " ".join(chatter.getvalue().split()))
 
 
 def _one_line(exc: BaseException | None) -> str:
