@@ -14,17 +14,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-#: (label, enable_cpu_mem_arena, enable_mem_pattern)
-SETTINGS: dict[str, tuple[bool, bool]] = {
-    "default": (True, True),
-    "no-arena": (False, True),
-    "no-arena-no-pattern": (False, False),
+#: label -> (enable_cpu_mem_arena, enable_mem_pattern, environment of the child process).
+#: ``MALLOC_MMAP_THRESHOLD_`` pins glibc's mmap threshold (it otherwise grows after the first large
+#: free), so that large freed blocks go back to the OS instead of staying in the heap.
+SETTINGS: dict[str, tuple[bool, bool, dict[str, str]]] = {
+    "default": (True, True, {}),
+    "no-arena": (False, True, {}),
+    "no-arena-no-pattern": (False, False, {}),
+    "no-arena+mmap": (False, True, {"MALLOC_MMAP_THRESHOLD_": "131072"}),
 }
 
 
@@ -76,9 +80,16 @@ def _measure(onnx_path: str, height: int, width: int, threads: int, arena: bool,
 
 
 def measure(
-    onnx_path: Path, height: int, width: int, *, threads: int = 2, arena: bool = True, pattern: bool = True
+    onnx_path: Path,
+    height: int,
+    width: int,
+    *,
+    threads: int = 2,
+    arena: bool = True,
+    pattern: bool = True,
+    env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Run :func:`_measure` in a fresh interpreter and return its report."""
+    """Run :func:`_measure` in a fresh interpreter (with ``env`` added) and return its report."""
     command = [
         sys.executable,
         "-m",
@@ -91,7 +102,8 @@ def measure(
         str(int(arena)),
         str(int(pattern)),
     ]
-    completed = subprocess.run(command, capture_output=True, text=True, check=False)
+    environment = {**os.environ, **(env or {})}
+    completed = subprocess.run(command, capture_output=True, text=True, check=False, env=environment)
     if completed.returncode != 0:
         raise RuntimeError(f"measurement failed (exit {completed.returncode}): {completed.stderr[-2000:]}")
     result: dict[str, Any] = json.loads(completed.stdout.strip().splitlines()[-1])
@@ -132,7 +144,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--width", type=int, default=2048)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument(
-        "--settings", default="no-arena", help=f"comma-separated subset of {','.join(SETTINGS)} or 'all'"
+        "--settings",
+        default="no-arena,no-arena+mmap",
+        help=f"comma-separated subset of {','.join(SETTINGS)} or 'all'",
     )
     parser.add_argument("--budget-mb", type=float, default=1200.0, help="exit 1 above this peak RSS")
     ns = parser.parse_args(args)
@@ -149,9 +163,11 @@ def main(argv: list[str] | None = None) -> int:
             export_reference(path, ns.depth, ns.output_stride, ns.num_classes, ns.logits)
         results = []
         for name in names:
-            arena, pattern = SETTINGS[name]
+            arena, pattern, env = SETTINGS[name]
             _say(f"measuring {name} at {ns.height}x{ns.width} ...")
-            result = measure(path, ns.height, ns.width, threads=ns.threads, arena=arena, pattern=pattern)
+            result = measure(
+                path, ns.height, ns.width, threads=ns.threads, arena=arena, pattern=pattern, env=env
+            )
             result["settings"] = name
             results.append(result)
 
