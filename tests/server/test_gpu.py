@@ -74,3 +74,20 @@ def test_auto_batching_is_on_for_gpu(tiny_onnx: Path) -> None:
         assert total / count > 1.0
     finally:
         asyncio.run(engine.close())
+
+
+def test_http_reports_the_gpu_provider(tiny_onnx: Path, tmp_path: Path) -> None:
+    from tests.conftest import encode
+    from tests.server.conftest import make_settings, running_app
+
+    settings = make_settings([tiny_onnx], providers=[CUDA, "CPUExecutionProvider"], trt_cache_dir=tmp_path)
+    with running_app(settings) as (client, _):
+        response = client.post(
+            "/segment", content=encode(make_scene()), headers={"Content-Type": "image/png"}
+        )
+        assert response.status_code == 200 and response.headers["x-danet-provider"] == CUDA
+        assert client.get("/v1/models").json()["models"][0]["provider"] == CUDA
+        assert client.get("/readyz").json()["models"]["tiny"]["provider"] == CUDA
+        metrics = client.get("/metrics").text
+        assert f'danet_model_provider{{model="tiny",provider="{CUDA}"}} 1.0' in metrics
+        assert 'danet_provider_fallback{model="tiny"} 0.0' in metrics
