@@ -281,11 +281,12 @@ def export_onnx(
         onnx.save(graph, str(staging))
         if verify:
             stage("verify")
+            # the written bytes are what gets checked, not the in-memory graph
             fp32_verification = verify_against_torch(
-                graph, reference, shapes=verify_shapes, atol=atol, min_agreement=min_agreement
+                staging, reference, shapes=verify_shapes, atol=atol, min_agreement=min_agreement
             )
         else:
-            check_graph(graph)
+            check_graph(staging)
     fp32 = VariantResult("fp32", output, model_name, output.stat().st_size, fp32_verification)
     report = ExportReport(
         output=output,
@@ -396,10 +397,10 @@ def _fp16_variant(
     verification = None
     with _staged(path) as staging:
         onnx.save(graph, str(staging))
-        check_graph(graph)
+        check_graph(staging)
         if shapes is not None:
             verification = compare_graphs(
-                graph,
+                staging,
                 output,
                 subject="fp16 ONNX vs fp32 ONNX",
                 shapes=shapes,
@@ -425,11 +426,11 @@ def _int8_variant(
         has_logits = any(value.name == OUTPUT_LOGITS for value in graph.graph.output)
         finalize_graph(graph, logits=has_logits, props=description.to_props())
         onnx.save(graph, str(staging))
-        check_graph(graph)
+        check_graph(staging)
         verification = None
         if shapes is not None:
             verification = compare_graphs(
-                graph, output, subject="int8 ONNX vs fp32 ONNX", shapes=shapes, min_agreement=min_agreement
+                staging, output, subject="int8 ONNX vs fp32 ONNX", shapes=shapes, min_agreement=min_agreement
             )
     details["calibration_images"] = len(images)
     logger.debug("int8 details: %s", json.dumps(details))

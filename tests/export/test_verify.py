@@ -61,12 +61,13 @@ def test_tampered_weights_are_caught(tiny_export: Any, tiny_loaded: Any) -> None
 
 
 def test_tampered_normalisation_is_caught(tiny_export: Any, tiny_loaded: Any) -> None:
-    """Preprocessing drift (the classic ONNX-vs-PyTorch bug) fails verification."""
+    """Preprocessing drift (the classic ONNX-vs-PyTorch bug) fails verification: here the mean
+    on the 0-1 scale instead of 0-255."""
     model = _load(tiny_export)
-    mean = next(t for t in model.graph.initializer if list(t.dims) == [1, 3, 1, 1])
+    mean = next(t for t in model.graph.initializer if t.name == "mean")
     values = onnx.numpy_helper.to_array(mean).copy()
-    values[0, 0] += 2.0
-    mean.CopyFrom(onnx.numpy_helper.from_array(values, mean.name))
+    assert values.shape == (1, 3, 1, 1) and values.min() > 100
+    mean.CopyFrom(onnx.numpy_helper.from_array(values / 255.0, mean.name))
     with pytest.raises(VerificationError):
         verify_against_torch(model, torch_reference(tiny_loaded.model, tiny_loaded.config), shapes=SHAPES)
 
