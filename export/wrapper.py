@@ -73,7 +73,8 @@ class SegmentationWrapper(nn.Module):
 
 @contextlib.contextmanager
 def fp32_channel_attention(model: nn.Module) -> Iterator[int]:
-    """Run every ChannelAttention of a half-precision ``model`` in float32 (restored on exit).
+    """Run every ChannelAttention of a half-precision ``model`` in float32 (its parameters stay float32;
+    the forward override is removed on exit).
 
     The channel energy sums products over all positions (tens of thousands at full resolution),
     far beyond float16's range; the module keeps its own code, only its input is upcast and its
