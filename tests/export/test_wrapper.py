@@ -67,8 +67,8 @@ def test_half_network_float32_edges() -> None:
 
 def test_channel_attention_runs_in_float32_inside_a_half_model() -> None:
     """X X^T over 4096 positions of value 30 is 3.7e6: inf in float16, NaN after max - energy."""
-    net = nn.Sequential(nn.Identity(), ChannelAttention()).half()
-    cam = net[1]
+    cam = ChannelAttention()
+    net = nn.Sequential(nn.Identity(), cam).half()
     with torch.no_grad():
         cam.gamma.fill_(0.5)
     big = torch.full((1, 4, 64, 64), 30.0, dtype=torch.float16)
