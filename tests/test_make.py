@@ -13,7 +13,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import tomllib
@@ -23,6 +22,7 @@ import httpx
 import pytest
 
 from common.contract import DEFAULT_MODEL_NAME, DEFAULT_ONNX
+from tests.conftest import free_port
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CONTRACT = REPO_ROOT.parent / "shared" / "CONTRACT.md"
@@ -78,16 +78,9 @@ def test_make_run_does_not_install_the_export_or_dev_extras() -> None:
     assert "[export" not in _dry_run("run") and "torch" not in _dry_run("run")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
-
-
 @pytest.mark.skipif(not DEFAULT_ONNX.is_file(), reason=f"embedded default model {DEFAULT_ONNX} not built yet")
 def test_make_run_serves_the_embedded_default_model(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     log = (tmp_path / "make-run.log").open("wb")
     # -o: take the installed venv as it is (a test must not reinstall packages); the recipe itself runs.
     process = subprocess.Popen(

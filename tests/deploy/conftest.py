@@ -85,3 +85,11 @@ _COMPOSE_COMMAND = re.compile(
 def compose_commands(text: str) -> list[tuple[str | None, list[str]]]:
     """(profile, services named) of every ``docker compose ... up|run`` command in ``text``."""
     return [(m.group(1), [m.group(3)] if m.group(3) else []) for m in _COMPOSE_COMMAND.finditer(text)]
+
+
+def duration_s(text: str) -> float:
+    """Docker and Compose durations ("45s", "2m0s", "1m30s", "500ms") in seconds."""
+    units = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|h|m|s)", text)
+    assert parts, f"not a duration: {text!r}"
+    return sum(float(amount) * units[unit] for amount, unit in parts)

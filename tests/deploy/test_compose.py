@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import re
 from pathlib import Path
 from typing import Any
 
@@ -13,17 +12,9 @@ import yaml
 from common.contract import DEFAULT_GRPC_PORT, DEFAULT_HTTP_PORT
 from server.settings import Settings
 from tests import static_checks as sc
-from tests.deploy.conftest import compose_commands
+from tests.deploy.conftest import compose_commands, duration_s
 
 SERVERS = ("danet", "danet-gpu")
-
-
-def _seconds(duration: str) -> float:
-    """Compose's Go-style durations ("45s", "2m0s", "1m30s") in seconds."""
-    units = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|h|m|s)", duration)
-    assert parts, f"not a duration: {duration!r}"
-    return sum(float(amount) * units[unit] for amount, unit in parts)
 
 
 def _mounts(service: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -83,11 +74,11 @@ def test_server_service(name: str, compose_all: dict[str, Any], probe_client) ->
     assert check["test"][:3] == ["CMD", "python", "/usr/local/bin/danet-healthcheck"]
     assert probe_client.get(check["test"][3]).status_code == 503  # /readyz: real, not ready during warm-up
     assert check["test"][3] == "/readyz"
-    assert _seconds(check["start_period"]) >= 60
+    assert duration_s(check["start_period"]) >= 60
 
     env = service["environment"]
     # Docker sends SIGKILL after stop_grace_period; the server needs its whole drain time before that.
-    assert _seconds(service["stop_grace_period"]) > float(env["DANET_SHUTDOWN_GRACE_S"]) + 5
+    assert duration_s(service["stop_grace_period"]) > float(env["DANET_SHUTDOWN_GRACE_S"]) + 5
 
     mounts = _mounts(service)
     assert mounts["/models"]["source"] == "models"

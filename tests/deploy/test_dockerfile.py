@@ -11,6 +11,7 @@ import pytest
 
 from common.contract import DEFAULT_GRPC_PORT, DEFAULT_HTTP_PORT
 from tests import static_checks as sc
+from tests.deploy.conftest import duration_s
 
 RUNTIME_TARGETS = ("cpu", "gpu")
 # hadolint pragmas are allowed only with a reason on the comment lines right above them.
@@ -30,14 +31,6 @@ def _copy_sources(inst: sc.Instruction) -> list[str]:
     """Source paths of a COPY (every argument but the destination, options skipped)."""
     args = [a for a in inst.args.split() if not a.startswith("--")]
     return [a.rstrip("/") for a in args[:-1]]
-
-
-def _duration_s(text: str) -> float:
-    units = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-    total = 0.0
-    for amount, unit in re.findall(r"(\d+(?:\.\d+)?)(ms|s|m|h)", text):
-        total += float(amount) * units[unit]
-    return total
 
 
 def test_hadolint_reports_nothing() -> None:
@@ -142,7 +135,7 @@ def test_healthcheck_waits_for_warm_up_on_readyz(
     assert exec_form[1] == "/usr/local/bin/danet-healthcheck" and exec_form[-1] == "/readyz"
     assert probe_client.get(exec_form[-1]).status_code == 503  # a real route, not ready before warm-up
     start_period = re.search(r"--start-period=(\S+)", options)
-    assert start_period is not None and _duration_s(start_period.group(1)) >= 60
+    assert start_period is not None and duration_s(start_period.group(1)) >= 60
     copied = {inst.args.split()[-1] for inst in dockerfile_stages[target].all("COPY")}
     assert exec_form[1] in copied
 

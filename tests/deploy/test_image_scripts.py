@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import http.server
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -18,6 +17,7 @@ from packaging.requirements import Requirement
 
 from common.contract import DEFAULT_ONNX
 from tests import static_checks as sc
+from tests.conftest import free_port
 from tests.deploy.conftest import load_image_script
 
 runtime_requirements = load_image_script("runtime_requirements")
@@ -154,10 +154,7 @@ def test_healthcheck_follows_readyz_and_the_port_setting(
 
 
 def test_healthcheck_fails_when_nothing_listens() -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        free_port = sock.getsockname()[1]
-    proc = _run_healthcheck(free_port)
+    proc = _run_healthcheck(free_port())  # bound and released: nothing listens there
     assert proc.returncode == 1 and "unreachable" in proc.stderr
 
 
