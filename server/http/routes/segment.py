@@ -15,7 +15,6 @@ from server.engine import SegmentOptions, SegmentResult
 from server.errors import InvalidOption, PayloadTooLarge
 from server.http.deps import EngineDep, SettingsDep
 from server.imaging import (
-    SUPPORTED_MEDIA_TYPES,
     check_media_type,
     class_stats,
     colorize,
@@ -30,12 +29,6 @@ from server.model import ModelInfo
 router = APIRouter(tags=["segmentation"])
 
 Format = Literal["color", "index", "overlay", "json"]
-FORMAT_MEDIA = {
-    "color": "image/png",
-    "index": "image/png",
-    "overlay": "image/png",
-    "json": "application/json",
-}
 
 _IMAGE_SCHEMA = {"type": "string", "format": "binary"}
 _REQUEST_BODY: dict[str, Any] = {
@@ -223,6 +216,3 @@ def _render(
     if result.confidence is not None:
         payload["mean_confidence"] = round(float(result.confidence.mean()), 6)
     return payload, "application/json"
-
-
-__all__ = ["FORMAT_MEDIA", "SUPPORTED_MEDIA_TYPES", "negotiate_format", "parse_scales", "router"]
