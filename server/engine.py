@@ -102,7 +102,6 @@ class Engine:
         self._default: str | None = None
         self._ready = False
         self._closing = False
-        self.started_at = time.time()
 
     # --- lifecycle --------------------------------------------------------------------------------
     @property
@@ -161,10 +160,9 @@ class Engine:
         batching = settings.batching == "on" or (settings.batching == "auto" and handle.on_gpu)
         max_batch = settings.max_batch_size if batching else 1
         use_io_binding = settings.io_binding and handle.on_gpu
-        entry_ref: dict[str, _Loaded] = {}
 
         def run(images: np.ndarray, outputs: tuple[str, ...]) -> dict[str, np.ndarray]:
-            return self._run_session(entry_ref["entry"], images, outputs)
+            return self._run_session(handle.session, use_io_binding, images, outputs)
 
         def on_batch(stats: BatchStats, name: str = info.name) -> None:
             self.metrics.batch_size.labels(name).observe(stats.batch_size)
@@ -182,7 +180,6 @@ class Engine:
             on_batch=on_batch,
         )
         entry = _Loaded(info=info, handle=handle, batcher=batcher, use_io_binding=use_io_binding)
-        entry_ref["entry"] = entry
         self.metrics.track_queue(info.name, lambda: float(batcher.depth))
         self.metrics.provider.labels(info.name, handle.provider).set(1)
         self.metrics.provider_fallback.labels(info.name).set(1 if handle.fallback else 0)
@@ -323,15 +320,14 @@ class Engine:
             ) from exc
 
     def _run_session(
-        self, entry: _Loaded, images: np.ndarray, outputs: tuple[str, ...]
+        self, session: Any, use_io_binding: bool, images: np.ndarray, outputs: tuple[str, ...]
     ) -> dict[str, np.ndarray]:
-        """Worker-thread side: one onnxruntime run."""
-        session = entry.handle.session
-        if entry.use_io_binding:
+        """Worker-thread side: one onnxruntime run (a method, so tests can hold a worker inside it)."""
+        if use_io_binding:
             binding = session.io_binding()
             binding.bind_cpu_input(INPUT_IMAGE, images)
             for name in outputs:
-                binding.bind_output(name)  # allocated by onnxruntime on the provider's device
+                binding.bind_output(name)  # onnxruntime allocates; copied back below
             session.run_with_iobinding(binding)
             values = binding.copy_outputs_to_cpu()
         else:
