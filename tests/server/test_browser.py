@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import io
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -24,6 +25,13 @@ pytestmark = [
 ]
 
 
+def launch(playwright: Any) -> Any:
+    return playwright.chromium.launch(
+        executable_path=str(CHROMIUM),
+        args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+    )
+
+
 def test_upload_shows_overlay_and_legend(live_server: ServerProcess, tmp_path: Path) -> None:
     from playwright.sync_api import sync_playwright
 
@@ -32,10 +40,7 @@ def test_upload_shows_overlay_and_legend(live_server: ServerProcess, tmp_path: P
     picture.write_bytes(encode(scene))
     outside: list[str] = []
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=str(CHROMIUM),
-            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-        )
+        browser = launch(playwright)
         try:
             page = browser.new_page()
             page.on(
@@ -90,10 +95,7 @@ def test_api_key_prompted_page(tmp_path: Path, tiny_onnx: Path) -> None:
     server = start_server(tmp_path, ["--model", str(tiny_onnx), "--api-key", "page-key"])
     try:
         with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(
-                executable_path=str(CHROMIUM),
-                args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-            )
+            browser = launch(playwright)
             try:
                 page = browser.new_page()
                 page.goto(server.url + "/")
