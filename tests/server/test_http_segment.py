@@ -304,3 +304,23 @@ def test_request_id_is_echoed_or_generated(client: TestClient) -> None:
         client.get("/healthz", headers={"X-Request-ID": "bad id\twith spaces"}).headers["x-request-id"]
         != "bad id"
     )
+
+
+def test_slow_inference_is_504(app_factory) -> None:
+    import threading
+
+    client, engine = app_factory(request_timeout_s=0.2)
+    entry = engine._entry(None)
+    release = threading.Event()
+    original = entry.batcher._run_fn
+
+    def slow(images, outputs):
+        release.wait(5)
+        return original(images, outputs)
+
+    entry.batcher._run_fn = slow
+    try:
+        message = error_of(post(client), 504, "deadline_exceeded")
+        assert "0.2" in message
+    finally:
+        release.set()
