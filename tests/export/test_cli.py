@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 
+import onnx
 import pytest
 import torch
 
+from common.contract import META_CLASSES, META_MODEL_NAME, META_PALETTE, META_PREFERRED_SIZE
 from export.cli import EXIT_INPUT, EXIT_VERIFICATION, main
+from export.metadata import read_metadata
 
 
 def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -31,11 +35,20 @@ def test_success_prints_progress_and_summary(
     tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "nested" / "street.onnx"
+    names = tmp_path / "names.json"
+    names.write_text(
+        json.dumps({"classes": [f"c{i}" for i in range(7)], "palette": [[i, 2 * i, 3 * i] for i in range(7)]})
+    )
     status, stdout, stderr = _run(
-        capsys, str(tiny_checkpoint), "--output", str(out), "--logits", "--name", "street"
+        capsys,
+        *(str(tiny_checkpoint), "--output", str(out), "--logits", "--name", "street"),
+        *("--classes", str(names), "--preferred-size", "64x96"),
     )
     assert status == 0, stderr
     assert out.is_file()
+    meta = read_metadata(onnx.load(str(out)))
+    assert meta[META_CLASSES] == [f"c{i}" for i in range(7)] and meta[META_PALETTE][3] == [3, 6, 9]
+    assert meta[META_PREFERRED_SIZE] == [64, 96] and meta[META_MODEL_NAME] == "street"
     assert "[1/3] Tracing the fp32 graph" in stderr and "[3/3] Verifying fp32 against PyTorch" in stderr
     assert "Exported 'street' from a danet-serve checkpoint" in stdout
     assert "fp32 ONNX vs PyTorch" in stdout and "argmax agreement 100.0000%" in stdout
