@@ -54,10 +54,10 @@ def prepare(work_dir: Path) -> dict[str, dict[str, Path]]:
         torch.manual_seed(0)
         model = danet_resnet50(num_classes=19, output_stride=8, name="danet-r50-os8-random").eval()
         save_native(model, model.config, r50)
-    return {
-        "danet-r50-os8": _export(r50, work_dir / "danet-r50-os8.onnx"),
-        "danet-synthetic": _export(DEFAULT_CHECKPOINT, work_dir / "danet-synthetic.onnx"),
-    }
+    models = {"danet-r50-os8": _export(r50, work_dir / "danet-r50-os8.onnx")}
+    if DEFAULT_CHECKPOINT.exists():
+        models["danet-synthetic"] = _export(DEFAULT_CHECKPOINT, work_dir / "danet-synthetic.onnx")
+    return models
 
 
 def scenes(count: int, size: tuple[int, int]) -> list[np.ndarray]:
