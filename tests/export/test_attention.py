@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +41,8 @@ def scan_graph(tmp_path_factory: pytest.TempPathFactory) -> Path:
     module = _PamOnly().eval()
     path = tmp_path_factory.mktemp("pam") / "pam.onnx"
     dims = {0: torch.export.Dim("batch", min=1, max=64), 2: torch.export.Dim("h"), 3: torch.export.Dim("w")}
-    with bounded_attention(module), torch.no_grad():
+    with bounded_attention(module), torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.export internals
         program = torch.onnx.export(
             module,
             (torch.randn(2, 16, 6, 10),),
