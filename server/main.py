@@ -167,7 +167,10 @@ async def serve(settings: Settings) -> int:
     http.should_exit = True  # uvicorn closes its sockets, then waits for open requests
     stops = [http_task]
     if grpc_server is not None:
-        stops.append(asyncio.create_task(grpc_server.stop(settings.shutdown_grace_s)))
+        from server.grpc.server import stop_grpc_server
+
+        # NOT_SERVING first, so health watchers end instead of holding the grace period open.
+        stops.append(asyncio.create_task(stop_grpc_server(grpc_server, settings.shutdown_grace_s)))
     await asyncio.gather(*stops, return_exceptions=True)
     await engine.close()  # nothing new can arrive now; queued work finishes first
     stop_wait.cancel()

@@ -146,6 +146,10 @@ class Settings(BaseSettings):
     grpc_max_message_bytes: int = Field(
         256 * 1024 * 1024, ge=4 * 1024 * 1024, description="gRPC max send/receive message size."
     )
+    grpc_tls_cert: Path | None = Field(
+        None, description="PEM certificate chain: serve gRPC over TLS (with the key)."
+    )
+    grpc_tls_key: Path | None = Field(None, description="PEM private key for grpc_tls_cert.")
 
     @field_validator("models", "providers", "warmup_sizes", "cors_origins", mode="before")
     @classmethod

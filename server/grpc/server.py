@@ -28,7 +28,6 @@ from server.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 SERVICE_NAMES = (segmentation.SERVICE_NAME, kserve.SERVICE_NAME)
 
 _HEALTH: weakref.WeakKeyDictionary[grpc.aio.Server, ReadinessHealth] = weakref.WeakKeyDictionary()
@@ -50,8 +49,8 @@ def _read(path: Any, what: str) -> bytes:
 
 def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
     """TLS credentials when ``grpc_tls_cert`` and ``grpc_tls_key`` are set (both or neither)."""
-    cert = getattr(settings, "grpc_tls_cert", None)
-    key = getattr(settings, "grpc_tls_key", None)
+    cert = settings.grpc_tls_cert
+    key = settings.grpc_tls_key
     if not cert and not key:
         return None
     if not (cert and key):
@@ -61,7 +60,7 @@ def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
 
 def create_grpc_server(settings: Settings, engine: Engine) -> tuple[grpc.aio.Server, int]:
     """The configured, bound (not yet started) server and the port it bound (useful with port 0)."""
-    max_bytes = int(getattr(settings, "grpc_max_message_bytes", DEFAULT_MAX_MESSAGE_BYTES))
+    max_bytes = settings.grpc_max_message_bytes
     options = [
         ("grpc.max_send_message_length", max_bytes),
         ("grpc.max_receive_message_length", max_bytes),

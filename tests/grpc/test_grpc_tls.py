@@ -18,13 +18,6 @@ from server.settings import Settings
 from tests.grpc.harness import OnnxReference, ServerThread, random_image, settings_for
 
 
-class TlsSettings(Settings):
-    """Settings with the TLS fields the gRPC server reads (``grpc_tls_cert`` / ``grpc_tls_key``)."""
-
-    grpc_tls_cert: Path | None = None
-    grpc_tls_key: Path | None = None
-
-
 @pytest.fixture(scope="module")
 def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     openssl = shutil.which("openssl")
@@ -45,7 +38,7 @@ def tls_server(tiny_onnx: Path, certificate: tuple[Path, Path]) -> Iterator[Serv
     cert, key = certificate
     base = settings_for(tiny_onnx).model_dump()
     server = ServerThread(
-        TlsSettings(**{**base, "grpc_tls_cert": cert, "grpc_tls_key": key}), start_engine=False
+        Settings(**{**base, "grpc_tls_cert": cert, "grpc_tls_key": key}), start_engine=False
     )
     server.call(server.engine.start)
     yield server
@@ -80,5 +73,5 @@ def test_plaintext_clients_are_refused(tls_server: ServerThread) -> None:
 def test_half_configured_tls_is_an_error(tiny_onnx: Path, certificate: tuple[Path, Path]) -> None:
     base = settings_for(tiny_onnx).model_dump()
     with pytest.raises(RuntimeError, match="both"):
-        server_credentials(TlsSettings(**{**base, "grpc_tls_cert": certificate[0]}))
+        server_credentials(Settings(**{**base, "grpc_tls_cert": certificate[0]}))
     assert server_credentials(settings_for(tiny_onnx)) is None
