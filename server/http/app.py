@@ -6,8 +6,12 @@ same engine can serve the gRPC adapter in the same process.
 
 from __future__ import annotations
 
+import swagger_ui_bundle
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse
+from fastapi.staticfiles import StaticFiles
 
 from server import __version__
 from server.engine import Engine
@@ -30,9 +34,10 @@ def create_app(settings: Settings, engine: Engine) -> FastAPI:
         title="danet-serve",
         version=__version__,
         description=DESCRIPTION,
-        docs_url="/docs",
+        docs_url=None,  # served below from the packaged Swagger UI: no CDN, works offline
         redoc_url=None,
     )
+    _install_offline_docs(app)
     app.state.settings = settings
     app.state.engine = engine
     install_error_handlers(app)
@@ -51,3 +56,21 @@ def create_app(settings: Settings, engine: Engine) -> FastAPI:
             expose_headers=["X-Request-ID", "X-Danet-Provider", "X-Danet-Model", "X-Danet-Inference-Ms"],
         )
     return app
+
+
+DOCS_ASSETS = "/docs/assets"
+
+
+def _install_offline_docs(app: FastAPI) -> None:
+    """``GET /docs``: Swagger UI from the ``swagger-ui-bundle`` package instead of FastAPI's default CDN."""
+    app.mount(DOCS_ASSETS, StaticFiles(directory=swagger_ui_bundle.swagger_ui_path), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url or "/openapi.json",
+            title=f"{app.title} - API docs",
+            swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{DOCS_ASSETS}/favicon-32x32.png",
+        )

@@ -72,7 +72,14 @@ def test_metrics_after_requests(client: TestClient) -> None:
 
 
 def test_docs_and_openapi(client: TestClient) -> None:
-    assert client.get("/docs").status_code == 200
+    page = client.get("/docs")
+    assert page.status_code == 200
+    # Swagger UI comes from this server (offline hosts), never from a CDN.
+    assert "/docs/assets/swagger-ui-bundle.js" in page.text
+    assert "cdn." not in page.text and "unpkg" not in page.text
+    script = client.get("/docs/assets/swagger-ui-bundle.js")
+    assert script.status_code == 200 and "SwaggerUIBundle" in script.text
+    assert client.get("/docs/assets/swagger-ui.css").status_code == 200
     spec = client.get("/openapi.json").json()
     operation = spec["paths"]["/segment"]["post"]
     params = {p["name"] for p in operation["parameters"]}
