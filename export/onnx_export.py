@@ -181,9 +181,17 @@ def _staged(final: Path) -> Iterator[Path]:
     staging = Path(name)
     try:
         yield staging
+        # mkstemp creates 0600 files; an artifact gets the usual permissions (0666 & ~umask).
+        staging.chmod(0o666 & ~_current_umask())
         os.replace(staging, final)
     finally:
         staging.unlink(missing_ok=True)
+
+
+def _current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _gpu_providers() -> list[str] | None:

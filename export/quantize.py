@@ -4,7 +4,8 @@ Only the convolutions are quantised (per-channel int8 weights, uint8 activations
 the calibration images); onnxruntime fuses each DequantizeLinear -> Conv -> QuantizeLinear into an
 integer convolution. Everything that decides a class stays float: normalisation, both attention
 modules (the position attention's query/key/value projections too: a softmax over thousands of
-positions turns small energy errors into different attention), the upsampling, softmax and argmax.
+positions turns small energy errors into different attention; quantising them also makes
+onnxruntime 1.31 abort at session creation), the upsampling, softmax and argmax.
 
 Calibration images: a directory of pictures (``--calibration DIR``), else procedural street scenes
 from :mod:`models.synthetic`, else mean-coloured images with noise.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 import numpy as np
@@ -64,6 +65,12 @@ def test_names_dtypes_and_symbolic_dims(tiny_export: Any) -> None:
     for value in outputs.values():
         assert _dims(value) == ["batch", "height", "width"]
     assert tiny_export.outputs == [OUTPUT_LABELS, OUTPUT_CONFIDENCE]
+
+
+def test_file_has_ordinary_permissions(tiny_export: Any) -> None:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    assert tiny_export.output.stat().st_mode & 0o777 == 0o666 & ~mask
 
 
 def test_metadata_is_complete_json(tiny_export: Any, tiny_loaded: Any) -> None:
