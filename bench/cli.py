@@ -5,31 +5,23 @@
     danet-bench --device cuda --sizes 1024x2048   # CUDAExecutionProvider, IO binding for the floor
     danet-bench --json bench.json --markdown bench.md
 
-Order of work: prepare every model (exports run in a separate process), then for each model and size
-the in-process measurements (each in its own fresh process, for a clean peak RSS), then one real
-``danet-serve`` subprocess on free loopback ports for HTTP and gRPC. The table goes to stdout, progress
-to stderr.
+Prepares the model (exports run in a separate process), starts one real ``danet-serve`` on free
+loopback ports, then measures every path interleaved call by call (see :mod:`bench.runner`). The
+table goes to stdout, progress to stderr; exit status 1 when a row failed.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import os
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from bench import machine, report
-from bench.clients import GrpcSegmenter, HttpSegmenter, LoadResult, run_closed_loop
-from bench.floor import FloorMeasurement, measure_floor
-from bench.images import bench_image, decode, encode
 from bench.isolate import run_isolated
 from bench.prepare import (
     PRECISIONS,
@@ -40,8 +32,7 @@ from bench.prepare import (
     prepare_tiny,
 )
 from bench.report import Row
-from bench.server_proc import ServerProcess
-from bench.stats import LatencyStats
+from bench.runner import Plan, run_benchmark
 
 logger = logging.getLogger("danet-bench")
 
@@ -138,46 +129,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-@dataclass
-class Plan:
-    providers: list[str]
-    threads: int
-    sizes: list[tuple[int, int]]
-    precisions: list[str]
-    iterations: int
-    warmup: int
-    concurrency: list[int]
-    concurrency_sizes: list[tuple[int, int]] | None
-    rounds: int
-    device: str
-    http_format: str
-    http_upload: str
-
-    def levels(self, size: tuple[int, int]) -> list[int]:
-        """Concurrency levels measured at ``size``."""
-        if self.concurrency_sizes is None or size in self.concurrency_sizes:
-            return self.concurrency
-        return [1]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "providers": self.providers,
-            "threads": self.threads,
-            "sizes": [report.size_text(s) for s in self.sizes],
-            "precisions": self.precisions,
-            "iterations": self.iterations,
-            "warmup": self.warmup,
-            "concurrency": self.concurrency,
-            "concurrency_sizes": None
-            if self.concurrency_sizes is None
-            else [report.size_text(s) for s in self.concurrency_sizes],
-            "rounds": self.rounds,
-            "device": self.device,
-            "http_format": self.http_format,
-            "http_upload": self.http_upload,
-        }
-
-
 def _usable_cores() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -185,14 +136,8 @@ def _usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def _one_line(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {' '.join(str(exc).split())[:400]}"
-
-
-# --- preparation ---------------------------------------------------------------------------------------
-
-
 def prepare(args: argparse.Namespace, plan: Plan, work_dir: Path) -> PreparedModel:
+    """The model under test (exports run in a separate process, so torch never enters this one)."""
     if args.model is not None:
         return prepare_explicit(
             args.model, args.checkpoint, args.int8_model, args.fp16_model, plan.precisions
@@ -209,218 +154,9 @@ def prepare(args: argparse.Namespace, plan: Plan, work_dir: Path) -> PreparedMod
     return prepared
 
 
-# --- in-process measurements ---------------------------------------------------------------------------
-
-
-def _row_from(
-    model: str, size: tuple[int, int], path: str, precision: str, m: FloorMeasurement, peak: int
-) -> Row:
-    return Row(
-        model=model,
-        size=size,
-        path=path,
-        precision=precision,
-        provider=m.provider,
-        latency=LatencyStats.from_seconds(m.durations_s),
-        throughput=dict(m.throughput_rps),
-        peak_rss_bytes=peak,
-    )
-
-
-def measure_in_process(
-    model: PreparedModel, size: tuple[int, int], image: np.ndarray, plan: Plan, skip_eager: bool
-) -> list[Row]:
-    rows: list[Row] = []
-    common = {
-        "iterations": plan.iterations,
-        "warmup": plan.warmup,
-        "concurrency": plan.levels(size),
-        "rounds": plan.rounds,
-    }
-    logger.info("[%s %s] floor (onnxruntime fp32, %s)", model.name, report.size_text(size), plan.providers[0])
-    try:
-        floor, peak = run_isolated(
-            measure_floor, model.onnx, image, providers=plan.providers, threads=plan.threads, **common
-        )
-    except Exception as exc:
-        logger.error("floor failed: %s", _one_line(exc))
-        return [Row(model.name, size, report.FLOOR, status="error", note=_one_line(exc))]
-    rows.append(_row_from(model.name, size, report.FLOOR, "fp32", floor, peak))
-
-    for precision in plan.precisions:
-        if precision == "fp32":
-            continue
-        path = f"floor-{precision}"
-        variant = model.variants.get(precision)
-        if variant is None:
-            note = next((n for n in model.notes if precision in n), f"no {precision} variant")
-            rows.append(Row(model.name, size, path, precision, status="skipped", note=note))
-            continue
-        logger.info("[%s %s] onnxruntime %s", model.name, report.size_text(size), precision)
-        try:
-            m, peak = run_isolated(
-                measure_floor, variant, image, providers=plan.providers, threads=plan.threads, **common
-            )
-        except Exception as exc:
-            rows.append(Row(model.name, size, path, precision, status="error", note=_one_line(exc)))
-            continue
-        row = _row_from(model.name, size, path, precision, m, peak)
-        row.agreement = float(np.mean(m.labels == floor.labels))
-        rows.append(row)
-
-    if skip_eager:
-        rows.append(Row(model.name, size, report.EAGER, status="skipped", note="--skip-eager"))
-    elif model.checkpoint is None:
-        note = next((n for n in model.notes if "eager" in n or "checkpoint" in n), "no checkpoint")
-        rows.append(Row(model.name, size, report.EAGER, status="skipped", note=note))
-    else:
-        logger.info("[%s %s] PyTorch eager", model.name, report.size_text(size))
-        try:
-            from bench.eager import measure_eager
-
-            eager_device = "cuda" if plan.device in ("cuda", "tensorrt") else "cpu"
-            m, peak = run_isolated(
-                measure_eager, model.checkpoint, image, threads=plan.threads, device=eager_device, **common
-            )
-        except ImportError as exc:
-            rows.append(
-                Row(model.name, size, report.EAGER, status="skipped", note=f"torch not installed ({exc})")
-            )
-        except Exception as exc:
-            rows.append(Row(model.name, size, report.EAGER, status="error", note=_one_line(exc)))
-        else:
-            row = _row_from(model.name, size, report.EAGER, "fp32", m, peak)
-            row.agreement = float(np.mean(m.labels == floor.labels))
-            rows.append(row)
-    return rows
-
-
-# --- through the server --------------------------------------------------------------------------------
-
-
-def server_env(plan: Plan) -> dict[str, str]:
-    longest = max(max(s) for s in plan.sizes)
-    return {
-        "DANET_PROVIDERS": ",".join(plan.providers),
-        "DANET_INTRA_OP_THREADS": str(plan.threads),
-        "DANET_MAX_QUEUE": str(max(64, 4 * max(plan.concurrency))),
-        "DANET_REQUEST_TIMEOUT_S": "7200",
-        "DANET_WARMUP_SIZES": ",".join(report.size_text(s) for s in plan.sizes),
-        "DANET_MAX_INFERENCE_SIZE": str(max(2048, longest)),
-        "DANET_MAX_UPLOAD_BYTES": str(256 * 1024 * 1024),
-        "DANET_ACCESS_LOG": "false",
-        "DANET_LOG_LEVEL": "WARNING",
-    }
-
-
-async def _drive(client: Any, plan: Plan, size: tuple[int, int]) -> tuple[LoadResult, dict[int, float]]:
-    """Warm-up, then ``iterations`` sequential calls (latency), then a closed loop per concurrency."""
-    for _ in range(plan.warmup):
-        await client()
-    sequential = await run_closed_loop(client, concurrency=1, total=plan.iterations)
-    throughput = {1: sequential.throughput_rps}
-    for c in plan.levels(size):
-        if c > 1:
-            result = await run_closed_loop(client, concurrency=c, total=c * plan.rounds)
-            if result.failures:
-                raise RuntimeError(
-                    f"{len(result.failures)} failed calls at concurrency {c}: {result.failures[0]}"
-                )
-            throughput[c] = result.throughput_rps
-    return sequential, throughput
-
-
-async def _http_path(
-    server: ServerProcess, data: bytes, size: tuple[int, int], plan: Plan
-) -> tuple[LoadResult, dict[int, float], str]:
-    params = {"format": plan.http_format}
-    async with HttpSegmenter(
-        server.http_url,
-        data,
-        params=params,
-        upload=plan.http_upload,
-        max_connections=max(plan.concurrency) + 4,
-    ) as client:
-        first = await client.request()
-        if first.status_code != 200:
-            raise RuntimeError(f"POST /segment answered {first.status_code}: {first.text[:300]}")
-        answer = decode(first.content)
-        if answer.shape[:2] != size:
-            raise RuntimeError(f"POST /segment returned a {answer.shape[:2]} map for a {size} image")
-        provider = first.headers.get("x-danet-provider", "")
-        sequential, throughput = await _drive(client, plan, size)
-    return sequential, throughput, provider
-
-
-async def _grpc_path(
-    server: ServerProcess, data: bytes, size: tuple[int, int], plan: Plan
-) -> tuple[LoadResult, dict[int, float], str]:
-    output = "COLOR" if plan.http_format == "color" else "INDEX"
-    async with GrpcSegmenter(server.grpc_target, data, output=output) as client:
-        reply = await client.request()
-        if (reply.height, reply.width) != size:
-            raise RuntimeError(f"Segment returned {reply.height}x{reply.width} for a {size} image")
-        sequential, throughput = await _drive(client, plan, size)
-    return sequential, throughput, str(reply.provider)
-
-
-def measure_server(
-    model: PreparedModel, images: dict[tuple[int, int], bytes], plan: Plan, args: argparse.Namespace
-) -> list[Row]:
-    paths = [
-        p for p, skipped in ((report.HTTP, args.skip_http), (report.GRPC, args.skip_grpc)) if not skipped
-    ]
-    rows: list[Row] = []
-    if not paths:
-        return rows
-    logger.info("[%s] starting danet-serve (%s)", model.name, ", ".join(plan.providers))
-    try:
-        server = ServerProcess(
-            [model.onnx], env=server_env(plan), grpc=report.GRPC in paths, ready_timeout_s=1800
-        )
-        server.start()
-    except Exception as exc:
-        note = _one_line(exc)
-        logger.error("danet-serve did not start: %s", note)
-        return [Row(model.name, size, path, status="error", note=note) for size in images for path in paths]
-    try:
-        for size, data in images.items():
-            for path in paths:
-                logger.info("[%s %s] %s", model.name, report.size_text(size), report.PATH_LABELS[path])
-                reset = server.reset_peak()
-                runner = _http_path if path == report.HTTP else _grpc_path
-                try:
-                    sequential, throughput, provider = asyncio.run(runner(server, data, size, plan))
-                except Exception as exc:
-                    rows.append(Row(model.name, size, path, status="error", note=_one_line(exc)))
-                    continue
-                rows.append(
-                    Row(
-                        model=model.name,
-                        size=size,
-                        path=path,
-                        provider=provider,
-                        latency=sequential.latency(),
-                        throughput=throughput,
-                        peak_rss_bytes=server.peak_rss_bytes(),
-                        note="" if reset else "peak RSS cumulative over the server's life",
-                    )
-                )
-    finally:
-        code = server.stop()
-        if code != 0:
-            logger.warning("danet-serve exited with %s:\n%s", code, server.log_tail(20))
-    return rows
-
-
-# --- main ----------------------------------------------------------------------------------------------
-
-
-def run(
-    args: argparse.Namespace,
-) -> tuple[list[Row], list[report.Target], dict[str, Any], Plan, PreparedModel]:
+def plan_from(args: argparse.Namespace) -> Plan:
     providers = [p.strip() for p in args.providers.split(",")] if args.providers else DEVICES[args.device]
-    plan = Plan(
+    return Plan(
         providers=providers,
         threads=args.threads or _usable_cores(),
         sizes=args.sizes,
@@ -433,33 +169,25 @@ def run(
         device=args.device if not args.providers else "custom",
         http_format=args.http_format,
         http_upload=args.http_upload,
+        eager=not args.skip_eager,
+        http=not (args.skip_http or args.skip_server),
+        grpc=not (args.skip_grpc or args.skip_server),
+        seed=args.seed,
     )
-    work_dir = (
-        args.work_dir
-        or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "danet-serve" / "bench"
-    )
+
+
+def run(
+    args: argparse.Namespace,
+) -> tuple[list[Row], list[report.Target], dict[str, Any], Plan, PreparedModel]:
+    plan = plan_from(args)
+    default_dir = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "danet-serve" / "bench"
+    work_dir = args.work_dir or default_dir
     work_dir.mkdir(parents=True, exist_ok=True)
     described = machine.describe()
     model = prepare(args, plan, work_dir)
     for note in model.notes:
         logger.warning("%s: %s", model.name, note)
-
-    rows: list[Row] = []
-    encoded: dict[tuple[int, int], bytes] = {}
-    for size in plan.sizes:
-        image = bench_image(*size, seed=args.seed)
-        encoded[size] = encode(image)
-        rows += measure_in_process(model, size, image, plan, args.skip_eager)
-    if not args.skip_server:
-        rows += measure_server(model, encoded, plan, args)
-    order = {
-        p: i
-        for i, p in enumerate(
-            [report.FLOOR, "floor-int8", "floor-fp16", report.EAGER, report.HTTP, report.GRPC]
-        )
-    }
-    rows.sort(key=lambda r: (r.size[0] * r.size[1], order.get(r.path, 99)))
-    report.compute_ratios(rows)
+    rows = run_benchmark(model, plan)
     return rows, report.evaluate_targets(rows), described, plan, model
 
 

@@ -1,31 +1,24 @@
 """PyTorch eager on the same weights and threads: what many users would run instead of a server.
 
 The timed call does what the exported graph does (normalise, forward, softmax, argmax, confidence),
-so that the comparison with onnxruntime is like for like. Needs the ``export`` extra (torch). On ``device="cuda"`` the input is on the device
-before timing and the label map comes back to the host (like the server), which synchronises.
+so that the comparison with onnxruntime is like for like. Needs the ``export`` extra (torch). On
+``device="cuda"`` the input is on the device before timing and the label map comes back to the host
+(like the server's), which synchronises.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-from bench.floor import FloorMeasurement, Runner, time_concurrent, time_sequential
 
-
-def measure_eager(
-    checkpoint: Path,
-    image: np.ndarray,
-    *,
-    threads: int,
-    device: str = "cpu",
-    iterations: int,
-    warmup: int,
-    concurrency: Sequence[int],
-    rounds: int,
-) -> FloorMeasurement:
+def load_eager(
+    checkpoint: Path, image: np.ndarray, *, threads: int, device: str = "cpu"
+) -> tuple[Callable[[], np.ndarray], str]:
+    """A function segmenting ``image`` with the checkpoint's model (returns labels [H, W] uint8), and
+    a description of what runs it."""
     import torch
 
     from models.checkpoints import load_checkpoint
@@ -47,22 +40,4 @@ def measure_eager(
             del confidence  # computed like the graph's output, not used here
             return labels.to(torch.uint8).cpu().numpy()[0]
 
-    def make_runner() -> Runner:
-        def run() -> None:
-            segment()
-
-        return run
-
-    labels = segment()
-    durations, wall = time_sequential(make_runner(), iterations=iterations, warmup=warmup)
-    throughput = {1: len(durations) / wall}
-    for c in concurrency:
-        if c > 1:
-            done, wall_c = time_concurrent(make_runner, concurrency=c, per_thread=rounds)
-            throughput[c] = len(done) / wall_c
-    return FloorMeasurement(
-        provider=f"torch {torch.__version__} {target.type}",
-        durations_s=durations,
-        throughput_rps=throughput,
-        labels=labels,
-    )
+    return segment, f"torch {torch.__version__} {target.type}"

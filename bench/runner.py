@@ -1,0 +1,344 @@
+"""One benchmark run: prepare the model, start the server, then per size interleave every path.
+
+Per size: start one process per in-process path (floor, variants, PyTorch eager) and a client per
+server path (HTTP, gRPC); warm every path up; then take the latency samples round-robin, one call per
+path per round, rotating the order each round; then the throughput bursts the same way (for each
+concurrency ``c``: each round gives every path a burst of ``c`` simultaneous calls). Background load
+that drifts during the run therefore lands on all paths alike, and the ratios stay meaningful on a
+shared machine. A path that fails is reported as an error row and dropped from the rotation.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from bench import report, worker
+from bench.clients import GrpcSegmenter, HttpSegmenter
+from bench.images import bench_image, encode
+from bench.paths import LoopThread, MeasuredPath, ServerPath, WorkerPath
+from bench.prepare import PreparedModel
+from bench.report import Row
+from bench.server_proc import ServerProcess
+from bench.stats import LatencyStats
+
+logger = logging.getLogger(__name__)
+
+ORDER = [report.FLOOR, "floor-int8", "floor-fp16", report.EAGER, report.HTTP, report.GRPC]
+
+
+@dataclass
+class Plan:
+    providers: list[str]
+    threads: int
+    sizes: list[tuple[int, int]]
+    precisions: list[str]
+    iterations: int
+    warmup: int
+    concurrency: list[int]
+    concurrency_sizes: list[tuple[int, int]] | None
+    rounds: int
+    device: str
+    http_format: str
+    http_upload: str
+    eager: bool = True
+    http: bool = True
+    grpc: bool = True
+    seed: int = 0
+
+    def levels(self, size: tuple[int, int]) -> list[int]:
+        """Concurrency levels (> 1) measured at ``size``."""
+        if self.concurrency_sizes is not None and size not in self.concurrency_sizes:
+            return []
+        return [c for c in self.concurrency if c > 1]
+
+    @property
+    def eager_device(self) -> str:
+        return "cuda" if self.device in ("cuda", "tensorrt") else "cpu"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "providers": self.providers,
+            "threads": self.threads,
+            "sizes": [report.size_text(s) for s in self.sizes],
+            "precisions": self.precisions,
+            "iterations": self.iterations,
+            "warmup": self.warmup,
+            "concurrency": self.concurrency,
+            "concurrency_sizes": None
+            if self.concurrency_sizes is None
+            else [report.size_text(s) for s in self.concurrency_sizes],
+            "rounds": self.rounds,
+            "device": self.device,
+            "http_format": self.http_format,
+            "http_upload": self.http_upload,
+            "schedule": "interleaved",
+        }
+
+
+def _one_line(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())[:400]}"
+
+
+def server_env(plan: Plan) -> dict[str, str]:
+    """The server as the benchmark wants it: same threads and providers, no rejections, no first-shape cost."""
+    longest = max(max(s) for s in plan.sizes)
+    return {
+        "DANET_PROVIDERS": ",".join(plan.providers),
+        "DANET_INTRA_OP_THREADS": str(plan.threads),
+        "DANET_MAX_QUEUE": str(max(64, 4 * max(plan.concurrency))),
+        "DANET_REQUEST_TIMEOUT_S": "7200",
+        "DANET_WARMUP_SIZES": ",".join(report.size_text(s) for s in plan.sizes),
+        "DANET_MAX_INFERENCE_SIZE": str(max(2048, longest)),
+        "DANET_MAX_UPLOAD_BYTES": str(256 * 1024 * 1024),
+        "DANET_ACCESS_LOG": "false",
+        "DANET_LOG_LEVEL": "WARNING",
+    }
+
+
+class _Collector:
+    """Per-path samples gathered during the interleaved schedule."""
+
+    def __init__(self) -> None:
+        self.durations: dict[str, list[float]] = {}
+        self.bursts: dict[str, dict[int, list[tuple[int, float]]]] = {}
+        self.errors: dict[str, str] = {}
+
+
+def _rotate(paths: Sequence[MeasuredPath], shift: int) -> list[MeasuredPath]:
+    if not paths:
+        return []
+    shift %= len(paths)
+    return list(paths[shift:]) + list(paths[:shift])
+
+
+def _open_paths(
+    model: PreparedModel,
+    size: tuple[int, int],
+    image: np.ndarray,
+    png: bytes,
+    plan: Plan,
+    server: ServerProcess | None,
+    loop: LoopThread | None,
+    rows: list[Row],
+) -> list[MeasuredPath]:
+    """Start every path for this size; the ones that cannot start become error/skipped rows."""
+    paths: list[MeasuredPath] = []
+
+    def attempt(key: str, precision: str, start: Any) -> None:
+        try:
+            paths.append(start())
+        except Exception as exc:
+            logger.error(
+                "[%s %s] %s failed to start: %s", model.name, report.size_text(size), key, _one_line(exc)
+            )
+            rows.append(Row(model.name, size, key, precision, status="error", note=_one_line(exc)))
+
+    onnx_kw = {"providers": plan.providers, "threads": plan.threads}
+    attempt(
+        report.FLOOR,
+        "fp32",
+        lambda: WorkerPath(report.FLOOR, "fp32", worker.setup_onnx, model.onnx, image, **onnx_kw),
+    )
+    for precision in plan.precisions:
+        if precision == "fp32":
+            continue
+        key = f"floor-{precision}"
+        variant = model.variants.get(precision)
+        if variant is None:
+            note = next((n for n in model.notes if precision in n), f"no {precision} variant")
+            rows.append(Row(model.name, size, key, precision, status="skipped", note=note))
+            continue
+        attempt(
+            key,
+            precision,
+            lambda k=key, p=precision, v=variant: WorkerPath(k, p, worker.setup_onnx, v, image, **onnx_kw),
+        )
+    if not plan.eager:
+        rows.append(Row(model.name, size, report.EAGER, status="skipped", note="--skip-eager"))
+    elif model.checkpoint is None:
+        note = next((n for n in model.notes if "eager" in n or "checkpoint" in n), "no checkpoint")
+        rows.append(Row(model.name, size, report.EAGER, status="skipped", note=note))
+    else:
+        try:
+            import torch  # noqa: F401  (only to report a missing torch as a skip, not an error)
+        except ImportError as exc:
+            rows.append(
+                Row(model.name, size, report.EAGER, status="skipped", note=f"torch not installed ({exc})")
+            )
+        else:
+            eager_kw = {"threads": plan.threads, "device": plan.eager_device}
+            attempt(
+                report.EAGER,
+                "fp32",
+                lambda: WorkerPath(
+                    report.EAGER, "fp32", worker.setup_eager, model.checkpoint, image, **eager_kw
+                ),
+            )
+    if server is not None and loop is not None:
+        connections = max(plan.concurrency) + 4
+        output = "COLOR" if plan.http_format == "color" else "INDEX"
+        if plan.http:
+            http = HttpSegmenter(
+                server.http_url,
+                png,
+                params={"format": plan.http_format},
+                upload=plan.http_upload,
+                max_connections=connections,
+            )
+            attempt(report.HTTP, "fp32", lambda: ServerPath(report.HTTP, loop, http, size))
+        if plan.grpc:
+            grpc_client = GrpcSegmenter(server.grpc_target, png, output=output)
+            attempt(report.GRPC, "fp32", lambda: ServerPath(report.GRPC, loop, grpc_client, size))
+    return paths
+
+
+def _schedule(
+    paths: list[MeasuredPath], plan: Plan, size: tuple[int, int], collected: _Collector, label: str
+) -> None:
+    live = list(paths)
+
+    def step(path: MeasuredPath, action: str, fn: Any) -> None:
+        if path not in live:
+            return
+        try:
+            fn()
+        except Exception as exc:
+            logger.error("%s %s failed during %s: %s", label, path.key, action, _one_line(exc))
+            collected.errors[path.key] = _one_line(exc)
+            live.remove(path)
+
+    for i in range(plan.warmup):
+        for path in _rotate(live, i):
+            step(path, "warm-up", path.call)
+    for i in range(plan.iterations):
+        for path in _rotate(live, i):
+            step(path, "timing", lambda p=path: collected.durations.setdefault(p.key, []).append(p.call()))
+    for c in plan.levels(size):
+        logger.info("%s throughput at concurrency %d", label, c)
+        for i in range(plan.rounds):
+            for path in _rotate(live, i):
+                step(
+                    path,
+                    f"concurrency {c}",
+                    lambda p=path, c=c: (
+                        collected.bursts.setdefault(p.key, {}).setdefault(c, []).append(p.burst(c))
+                    ),
+                )
+
+
+def measure_size(
+    model: PreparedModel,
+    size: tuple[int, int],
+    plan: Plan,
+    server: ServerProcess | None,
+    loop: LoopThread | None,
+) -> list[Row]:
+    label = f"[{model.name} {report.size_text(size)}]"
+    image = bench_image(*size, seed=plan.seed)
+    png = encode(image)
+    rows: list[Row] = []
+    server_reset = server.reset_peak() if server is not None else False
+    logger.info("%s starting paths", label)
+    paths = _open_paths(model, size, image, png, plan, server, loop, rows)
+    collected = _Collector()
+    try:
+        logger.info(
+            "%s %s: %d warm-up + %d timed calls each, interleaved",
+            label,
+            ", ".join(p.key for p in paths),
+            plan.warmup,
+            plan.iterations,
+        )
+        _schedule(paths, plan, size, collected, label)
+        floor_labels = next(
+            (p.labels() for p in paths if p.key == report.FLOOR and p.key not in collected.errors), None
+        )
+        server_peak = server.peak_rss_bytes() if server is not None else None
+        for path in paths:
+            if path.key in collected.errors:
+                rows.append(
+                    Row(
+                        model.name,
+                        size,
+                        path.key,
+                        path.precision,
+                        path.provider,
+                        status="error",
+                        note=collected.errors[path.key],
+                    )
+                )
+                continue
+            durations = collected.durations.get(path.key, [])
+            throughput = {1: len(durations) / sum(durations)} if durations else {}
+            for c, samples in collected.bursts.get(path.key, {}).items():
+                throughput[c] = sum(n for n, _ in samples) / sum(w for _, w in samples)
+            row = Row(
+                model.name,
+                size,
+                path.key,
+                path.precision,
+                path.provider,
+                latency=LatencyStats.from_seconds(durations) if durations else None,
+                throughput=throughput,
+            )
+            if isinstance(path, ServerPath):
+                row.peak_rss_bytes = server_peak
+                row.note = "server process, HTTP and gRPC together" + (
+                    "" if server_reset else "; since start-up"
+                )
+            else:
+                row.peak_rss_bytes = path.peak_rss()
+                labels = path.labels()
+                if path.key != report.FLOOR and labels is not None and floor_labels is not None:
+                    row.agreement = float(np.mean(labels == floor_labels))
+            rows.append(row)
+    finally:
+        for path in paths:
+            try:
+                path.close()
+            except Exception as exc:  # closing must not hide the results
+                logger.warning("%s closing %s: %s", label, path.key, _one_line(exc))
+    return rows
+
+
+def run_benchmark(model: PreparedModel, plan: Plan) -> list[Row]:
+    """Every size of ``plan`` for ``model``; rows sorted by size, then path."""
+    rows: list[Row] = []
+    server: ServerProcess | None = None
+    loop: LoopThread | None = None
+    if plan.http or plan.grpc:
+        logger.info("[%s] starting danet-serve (%s)", model.name, ", ".join(plan.providers))
+        server = ServerProcess([model.onnx], env=server_env(plan), grpc=plan.grpc, ready_timeout_s=1800)
+        try:
+            server.start()
+            loop = LoopThread()
+        except Exception as exc:
+            note = _one_line(exc)
+            logger.error("danet-serve did not start: %s", note)
+            paths = [p for p, on in ((report.HTTP, plan.http), (report.GRPC, plan.grpc)) if on]
+            rows += [
+                Row(model.name, size, p, status="error", note=note) for size in plan.sizes for p in paths
+            ]
+            server = None
+    try:
+        for size in plan.sizes:
+            rows += measure_size(model, size, plan, server, loop)
+    finally:
+        if loop is not None:
+            loop.close()
+        if server is not None:
+            code = server.stop()
+            if code != 0:
+                logger.warning("danet-serve exited with %s:\n%s", code, server.log_tail(20))
+    order = {p: i for i, p in enumerate(ORDER)}
+    rows.sort(key=lambda r: (r.size[0] * r.size[1], order.get(r.path, 99)))
+    report.compute_ratios(rows)
+    return rows
+
+
+__all__ = ["Plan", "measure_size", "run_benchmark", "server_env"]
