@@ -102,6 +102,7 @@ def provider_options(name: str, settings: Settings) -> dict[str, Any]:
 def session_options(settings: Settings) -> ort.SessionOptions:
     options = ort.SessionOptions()
     options.graph_optimization_level = _OPT_LEVELS[settings.graph_optimization]
+    options.enable_cpu_mem_arena = settings.cpu_mem_arena
     if settings.intra_op_threads:
         options.intra_op_num_threads = settings.intra_op_threads
     if settings.inter_op_threads:

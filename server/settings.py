@@ -90,6 +90,11 @@ class Settings(BaseSettings):
     cudnn_conv_algo_search: Literal["HEURISTIC", "EXHAUSTIVE", "DEFAULT"] = Field(
         "HEURISTIC", description="cuDNN convolution algorithm search (EXHAUSTIVE costs ~0.6 s per new shape)."
     )
+    cpu_mem_arena: bool = Field(
+        False,
+        description="onnxruntime CPU memory arena. Off: freed activations go back to the OS, which keeps a "
+        "1024x2048 DANet-R50 pass under 1.2 GB peak RSS (1.45 GB with the arena).",
+    )
     gpu_mem_limit_mb: int | None = Field(None, ge=1, description="CUDA arena limit in MiB (None = no limit).")
     arena_extend_strategy: Literal["kSameAsRequested", "kNextPowerOfTwo"] = Field(
         "kSameAsRequested", description="CUDA arena growth strategy."

@@ -11,7 +11,15 @@ import pytest
 
 from server.engine import Engine
 from server.errors import ModelLoadError
-from server.providers import CPU, CUDA, TENSORRT, create_session, plan_providers, provider_options
+from server.providers import (
+    CPU,
+    CUDA,
+    TENSORRT,
+    create_session,
+    plan_providers,
+    provider_options,
+    session_options,
+)
 from server.settings import Settings
 
 ALL = [TENSORRT, CUDA, CPU]
@@ -164,3 +172,10 @@ def test_engine_with_require_gpu_on_a_cpu_machine(tiny_onnx: Path) -> None:
             pytest.skip("a GPU is really usable here; this test covers machines without one")
     with pytest.raises(ModelLoadError, match="require_gpu"):
         asyncio.run(engine.start())
+
+
+@pytest.mark.parametrize("arena", [False, True])
+def test_cpu_arena_follows_the_setting(arena: bool) -> None:
+    # Off by default: the arena keeps freed activations, +0.4 GB peak RSS at 1024x2048 on DANet-R50.
+    assert Settings().cpu_mem_arena is False
+    assert session_options(Settings(cpu_mem_arena=arena)).enable_cpu_mem_arena is arena
