@@ -2,21 +2,40 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
-from google.protobuf import text_format
-from tritonclient.grpc import model_config_pb2
 
 from export.triton import render_config, valid_model_name, write_triton_model
 from tests.onnx_fixtures import build_model, write_model
 
+# tritonclient registers the `inference.*` protobuf symbols in the default descriptor pool, and so do
+# this project's own KServe stubs (imported by the gRPC tests in the same pytest process): Triton's
+# schema is therefore applied in a child process, which answers with the parsed config as JSON.
+_PARSER = """
+import json, sys
+from google.protobuf import json_format, text_format
+from tritonclient.grpc import model_config_pb2
+config = model_config_pb2.ModelConfig()
+text_format.Parse(sys.stdin.read(), config)  # raises on anything Triton's schema does not know
+print(json.dumps(json_format.MessageToDict(config, preserving_proto_field_name=True)))
+"""
 
-def _parse(text: str) -> Any:
-    config = model_config_pb2.ModelConfig()
-    text_format.Parse(text, config)  # raises on anything Triton's schema does not know
-    return config
+
+def _parse(text: str) -> dict[str, Any]:
+    run = subprocess.run(
+        [sys.executable, "-c", _PARSER], input=text, capture_output=True, text=True, timeout=60
+    )
+    assert run.returncode == 0, run.stderr
+    return dict(json.loads(run.stdout))
+
+
+def _dims(tensor: dict[str, Any]) -> list[int]:
+    return [int(d) for d in tensor["dims"]]  # int64 fields come back as JSON strings
 
 
 def test_layout_and_config(tmp_path: Path) -> None:
@@ -26,30 +45,29 @@ def test_layout_and_config(tmp_path: Path) -> None:
     assert written.model == tmp_path / "repo" / "seg" / "1" / "model.onnx"
     assert written.model.read_bytes() == source.read_bytes()
     config = _parse(written.config.read_text())
-    assert config.name == "seg"
-    assert config.platform == "onnxruntime_onnx"
-    assert config.max_batch_size > 0
-    (image,) = config.input
-    assert image.name == "image" and list(image.dims) == [-1, -1, 3]
-    assert image.data_type == model_config_pb2.TYPE_UINT8
-    outputs = {o.name: o for o in config.output}
+    assert config["name"] == "seg"
+    assert config["platform"] == "onnxruntime_onnx"
+    assert config["max_batch_size"] > 0
+    (image,) = config["input"]
+    assert image["name"] == "image" and _dims(image) == [-1, -1, 3]
+    assert image["data_type"] == "TYPE_UINT8"
+    outputs = {o["name"]: o for o in config["output"]}
     assert list(outputs) == ["labels", "confidence", "logits"]
-    assert outputs["labels"].data_type == model_config_pb2.TYPE_UINT8
-    assert list(outputs["labels"].dims) == [-1, -1]
-    assert outputs["confidence"].data_type == model_config_pb2.TYPE_FP32
-    assert list(outputs["logits"].dims) == [4, -1, -1]  # classes are static, batch omitted
-    assert config.HasField("dynamic_batching")
-    assert config.dynamic_batching.max_queue_delay_microseconds > 0
-    (group,) = config.instance_group
-    assert group.kind == model_config_pb2.ModelInstanceGroup.KIND_GPU and group.count == 1
+    assert outputs["labels"]["data_type"] == "TYPE_UINT8"
+    assert _dims(outputs["labels"]) == [-1, -1]
+    assert outputs["confidence"]["data_type"] == "TYPE_FP32"
+    assert _dims(outputs["logits"]) == [4, -1, -1]  # classes are static, batch omitted
+    assert int(config["dynamic_batching"]["max_queue_delay_microseconds"]) > 0
+    (group,) = config["instance_group"]
+    assert group["kind"] == "KIND_GPU" and group["count"] == 1
 
 
 def test_without_logits_and_cpu_group() -> None:
     text = render_config(build_model(logits=False), "plain", kind="KIND_CPU", max_batch_size=4)
     config = _parse(text)
-    assert [o.name for o in config.output] == ["labels", "confidence"]
-    assert config.max_batch_size == 4
-    assert config.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_CPU
+    assert [o["name"] for o in config["output"]] == ["labels", "confidence"]
+    assert config["max_batch_size"] == 4
+    assert config["instance_group"][0]["kind"] == "KIND_CPU"
 
 
 def test_bad_names_and_batch_sizes(tmp_path: Path) -> None:
@@ -70,7 +88,7 @@ def test_export_writes_one_model_per_artifact(tmp_path: Path, tiny_loaded: Any) 
     )
     assert [model.name for model in report.triton] == ["street"]
     config = _parse((tmp_path / "repo" / "street" / "config.pbtxt").read_text())
-    assert [o.name for o in config.output] == ["labels", "confidence"]
+    assert [o["name"] for o in config["output"]] == ["labels", "confidence"]
     assert (tmp_path / "repo" / "street" / "1" / "model.onnx").read_bytes() == (
         tmp_path / "out" / "street.onnx"
     ).read_bytes()
