@@ -52,15 +52,3 @@ def test_stubs_import_from_any_directory(tmp_path: Path) -> None:
     )
     assert run.returncode == 0, run.stderr
     assert run.stdout.split() == ["SegmentationServiceStub", "GRPCInferenceServiceStub"]
-
-
-def test_client_imports_neither_torch_nor_tritonclient(tmp_path: Path) -> None:
-    code = (
-        "import sys, client, client.cli, client._grpc, client._rest, server.grpc.server\n"
-        "print(sorted(m for m in ('torch', 'tritonclient', 'onnx') if m in sys.modules))\n"
-    )
-    run = subprocess.run(
-        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60
-    )
-    assert run.returncode == 0, run.stderr
-    assert run.stdout.strip() == "[]"

@@ -1,4 +1,5 @@
-"""The serving path must not import torch (nor onnx): `make run` installs neither."""
+"""The serving path and the client import neither torch nor onnx (`make run` installs neither), nor
+tritonclient (its `inference.*` protobuf symbols would clash with our KServe stubs)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from pathlib import Path
 
 def test_serving_modules_import_neither_torch_nor_onnx(tmp_path: Path) -> None:
     code = (
-        "import sys, server.main, server.http.app, server.engine, server.grpc.server, client.cli\n"
+        "import sys, server.main, server.http.app, server.engine, server.grpc.server\n"
+        "import client, client.cli, client._grpc, client._rest\n"
         "print(sorted(m for m in ('torch', 'onnx', 'tritonclient') if m in sys.modules))\n"
     )
     run = subprocess.run(
