@@ -41,21 +41,23 @@ def _export(checkpoint: Path, output: Path) -> dict[str, Path]:
     return {"fp32": output, "fp16": variant_path(output, "fp16")}
 
 
-def prepare(work_dir: Path) -> dict[str, dict[str, Path]]:
-    """fp32 + fp16 ONNX files for R50-OS8 (random weights) and the default model."""
-    import torch
-
-    from models.checkpoints.native import save_native
-    from models.danet import danet_resnet50
-
+def prepare(work_dir: Path, names: list[str]) -> dict[str, dict[str, Path]]:
+    """fp32 + fp16 ONNX files for R50-OS8 (random weights) and/or the default model."""
     work_dir.mkdir(parents=True, exist_ok=True)
-    r50 = work_dir / "danet-r50-os8.safetensors"
-    if not r50.exists():
-        torch.manual_seed(0)
-        model = danet_resnet50(num_classes=19, output_stride=8, name="danet-r50-os8-random").eval()
-        save_native(model, model.config, r50)
-    models = {"danet-r50-os8": _export(r50, work_dir / "danet-r50-os8.onnx")}
-    if DEFAULT_CHECKPOINT.exists():
+    models = {}
+    if "danet-r50-os8" in names:
+        import torch
+
+        from models.checkpoints.native import save_native
+        from models.danet import danet_resnet50
+
+        r50 = work_dir / "danet-r50-os8.safetensors"
+        if not r50.exists():
+            torch.manual_seed(0)
+            model = danet_resnet50(num_classes=19, output_stride=8, name="danet-r50-os8-random").eval()
+            save_native(model, model.config, r50)
+        models["danet-r50-os8"] = _export(r50, work_dir / "danet-r50-os8.onnx")
+    if "danet-synthetic" in names:
         models["danet-synthetic"] = _export(DEFAULT_CHECKPOINT, work_dir / "danet-synthetic.onnx")
     return models
 
@@ -179,6 +181,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work-dir", type=Path, default=Path("runs/gpu"))
     parser.add_argument("--providers", default="CUDAExecutionProvider,CPUExecutionProvider")
     parser.add_argument("--iterations", type=int, default=30)
+    parser.add_argument("--models", default="danet-r50-os8,danet-synthetic", help="comma-separated")
+    parser.add_argument("--batches", default="1,4,8", help="batch sizes timed at 512x512")
+    parser.add_argument("--full-size", default="1024x2048", help="HxW timed at batch 1 and for peak memory")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     import onnxruntime as ort
@@ -190,20 +195,23 @@ def main(argv: list[str] | None = None) -> int:
         "models": {},
     }
     print(json.dumps({k: result[k] for k in ("onnxruntime", "available_providers")}), flush=True)
-    for name, files in prepare(args.work_dir).items():
+    full = tuple(int(v) for v in args.full_size.lower().split("x") if v.isdigit())
+    if len(full) != 2:
+        parser.error(f"--full-size must be HxW, e.g. 1024x2048, got {args.full_size!r}")
+    for name, files in prepare(args.work_dir, args.models.split(",")).items():
         entry: dict[str, Any] = {"fp16_vs_fp32_512": agreement(files, providers, (512, 512))}
         print(name, json.dumps(entry), flush=True)
         rows = []
         for precision, path in files.items():
-            for batch in (1, 4, 8):
+            for batch in (int(b) for b in args.batches.split(",")):
                 row = latency(path, providers, batch, (512, 512), args.iterations)
                 rows.append({"precision": precision, **row})
                 print(name, json.dumps(rows[-1]), flush=True)
-            row = latency(path, providers, 1, (1024, 2048), max(5, args.iterations // 3))
+            row = latency(path, providers, 1, (full[0], full[1]), max(5, args.iterations // 3))
             rows.append({"precision": precision, **row})
             print(name, json.dumps(rows[-1]), flush=True)
-            memory = peak_gpu_memory(path, providers, (1024, 2048))
-            entry[f"memory_1024x2048_{precision}"] = memory
+            memory = peak_gpu_memory(path, providers, (full[0], full[1]))
+            entry[f"memory_{args.full_size}_{precision}"] = memory
             print(name, precision, json.dumps(memory), flush=True)
         entry["latency"] = rows
         result["models"][name] = entry
