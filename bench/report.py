@@ -248,7 +248,7 @@ def markdown(
     lines.append("")
     head = ["model", "size", "path", "provider", "p50 ms", "p95 ms", "p99 ms"]
     head += [f"req/s c={c}" for c in concurrencies]
-    head += ["peak RSS MB", "p50 / floor", "c=4 thr / best floor", "agreement"]
+    head += ["peak RSS MB (one at a time)", "p50 / floor", "c=4 thr / best floor", "agreement"]
     lines.append("| " + " | ".join(head) + " |")
     lines.append("|" + "---|" * len(head))
     for r in rows:

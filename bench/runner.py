@@ -11,7 +11,7 @@ shared machine. A path that fails is reported as an error row and dropped from t
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -107,6 +107,7 @@ class _Collector:
         self.durations: dict[str, list[float]] = {}
         self.bursts: dict[str, dict[int, list[tuple[int, float]]]] = {}
         self.errors: dict[str, str] = {}
+        self.peaks: dict[str, int | None] = {}  # peak RSS after the one-at-a-time calls
 
 
 def _rotate(paths: Sequence[MeasuredPath], shift: int) -> list[MeasuredPath]:
@@ -198,8 +199,18 @@ def _open_paths(
 
 
 def _schedule(
-    paths: list[MeasuredPath], plan: Plan, size: tuple[int, int], collected: _Collector, label: str
+    paths: list[MeasuredPath],
+    plan: Plan,
+    size: tuple[int, int],
+    collected: _Collector,
+    label: str,
+    after_sequential: Callable[[list[MeasuredPath]], None] | None = None,
 ) -> None:
+    """Warm-up, timed calls, then throughput bursts, round-robin with rotating order.
+
+    ``after_sequential`` runs between the one-at-a-time calls and the bursts (peak memory of one pass
+    is read there, before concurrent calls multiply the working set).
+    """
     live = list(paths)
 
     def step(path: MeasuredPath, action: str, fn: Any) -> None:
@@ -218,6 +229,8 @@ def _schedule(
     for i in range(plan.iterations):
         for path in _rotate(live, i):
             step(path, "timing", lambda p=path: collected.durations.setdefault(p.key, []).append(p.call()))
+    if after_sequential is not None:
+        after_sequential(live)
     for c in plan.levels(size):
         logger.info("%s throughput at concurrency %d", label, c)
         for i in range(plan.rounds):
@@ -254,11 +267,16 @@ def measure_size(
             plan.warmup,
             plan.iterations,
         )
-        _schedule(paths, plan, size, collected, label)
+
+        def read_peaks(live: list[MeasuredPath]) -> None:
+            server_peak = server.peak_rss_bytes() if server is not None else None
+            for path in live:
+                collected.peaks[path.key] = server_peak if isinstance(path, ServerPath) else path.peak_rss()
+
+        _schedule(paths, plan, size, collected, label, after_sequential=read_peaks)
         floor_labels = next(
             (p.labels() for p in paths if p.key == report.FLOOR and p.key not in collected.errors), None
         )
-        server_peak = server.peak_rss_bytes() if server is not None else None
         for path in paths:
             if path.key in collected.errors:
                 rows.append(
@@ -286,13 +304,12 @@ def measure_size(
                 latency=LatencyStats.from_seconds(durations) if durations else None,
                 throughput=throughput,
             )
+            row.peak_rss_bytes = collected.peaks.get(path.key)
             if isinstance(path, ServerPath):
-                row.peak_rss_bytes = server_peak
-                row.note = "server process, HTTP and gRPC together" + (
-                    "" if server_reset else "; since start-up"
+                row.note = "peak RSS: the server process, HTTP and gRPC together" + (
+                    "" if server_reset else ", since start-up"
                 )
             else:
-                row.peak_rss_bytes = path.peak_rss()
                 labels = path.labels()
                 if path.key != report.FLOOR and labels is not None and floor_labels is not None:
                     row.agreement = float(np.mean(labels == floor_labels))

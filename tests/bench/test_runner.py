@@ -78,6 +78,14 @@ def test_rounds_rotate_through_all_paths() -> None:
     assert not collected.errors
 
 
+def test_peaks_are_read_between_one_at_a_time_calls_and_bursts() -> None:
+    log: list[str] = []
+    paths = [FakePath(k, log) for k in ("a", "b")]
+    _schedule(paths, _plan(), (8, 8), _Collector(), "test", after_sequential=lambda live: log.append("PEAKS"))  # type: ignore[arg-type]
+    assert log.index("PEAKS") == 2 + 2 * 3  # after warm-up and timed calls, before the first burst
+    assert log[log.index("PEAKS") + 1] == "ax4"
+
+
 def test_a_failing_path_is_dropped_and_reported() -> None:
     log: list[str] = []
     paths = [FakePath("a", log), FakePath("b", log, fail_on_call=3), FakePath("c", log)]
