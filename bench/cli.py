@@ -115,6 +115,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--http-format", default="color", choices=["color", "index"], help="POST /segment format"
     )
     how.add_argument("--http-upload", default="multipart", choices=["multipart", "raw"], help="request body")
+    how.add_argument(
+        "--server-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra danet-serve setting for the run, e.g. DANET_CPU_MEM_ARENA=true (repeatable)",
+    )
     skip = parser.add_argument_group("skip parts (for short runs)")
     skip.add_argument("--skip-http", action="store_true")
     skip.add_argument("--skip-grpc", action="store_true")
@@ -127,6 +134,16 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--rebuild", action="store_true", help="re-export cached models")
     out.add_argument("-v", "--verbose", action="store_true")
     return parser
+
+
+def _env_pairs(items: list[str]) -> dict[str, str]:
+    pairs = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.startswith("DANET_"):
+            raise SystemExit(f"danet-bench: --server-env expects DANET_KEY=VALUE, got {item!r}")
+        pairs[key] = value
+    return pairs
 
 
 def _usable_cores() -> int:
@@ -173,6 +190,7 @@ def plan_from(args: argparse.Namespace) -> Plan:
         http=not (args.skip_http or args.skip_server),
         grpc=not (args.skip_grpc or args.skip_server),
         seed=args.seed,
+        server_env=_env_pairs(args.server_env),
     )
 
 

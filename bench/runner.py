@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -49,6 +49,7 @@ class Plan:
     http: bool = True
     grpc: bool = True
     seed: int = 0
+    server_env: dict[str, str] = field(default_factory=dict)  # extra DANET_* settings for the server
 
     def levels(self, size: tuple[int, int]) -> list[int]:
         """Concurrency levels (> 1) measured at ``size``."""
@@ -77,6 +78,7 @@ class Plan:
             "http_format": self.http_format,
             "http_upload": self.http_upload,
             "schedule": "interleaved",
+            "server_env": self.server_env,
         }
 
 
@@ -97,6 +99,7 @@ def server_env(plan: Plan) -> dict[str, str]:
         "DANET_MAX_UPLOAD_BYTES": str(256 * 1024 * 1024),
         "DANET_ACCESS_LOG": "false",
         "DANET_LOG_LEVEL": "WARNING",
+        **plan.server_env,
     }
 
 
