@@ -242,7 +242,18 @@ def markdown(
         + ", ".join(
             f"{k}={v}"
             for k, v in config.items()
-            if k in ("providers", "threads", "iterations", "warmup", "rounds", "concurrency", "http_format")
+            if k
+            in (
+                "providers",
+                "threads",
+                "iterations",
+                "warmup",
+                "rounds",
+                "concurrency",
+                "http_format",
+                "schedule",
+            )
+            or (k == "server_env" and v)
         )
     )
     lines.append("")
