@@ -105,9 +105,15 @@ def build_parser() -> argparse.ArgumentParser:
         type=_sizes,
         help="run the concurrency > 1 throughput loops only at these sizes (default: every size)",
     )
-    how.add_argument("--rounds", type=int, default=2, help="calls per client in each throughput run")
+    how.add_argument("--rounds", type=int, default=2, help="throughput bursts per path and concurrency")
     how.add_argument(
         "--threads", type=int, default=0, help="intra-op threads everywhere (0 = all usable cores)"
+    )
+    how.add_argument(
+        "--settle-ms",
+        type=float,
+        default=100.0,
+        help="idle time before each timed call (lets the previous path's spinning threads go quiet)",
     )
     how.add_argument("--device", choices=sorted(DEVICES), default="cpu", help="shortcut for --providers")
     how.add_argument("--providers", help="onnxruntime providers, comma-separated (overrides --device)")
@@ -191,6 +197,7 @@ def plan_from(args: argparse.Namespace) -> Plan:
         grpc=not (args.skip_grpc or args.skip_server),
         seed=args.seed,
         server_env=_env_pairs(args.server_env),
+        settle_s=max(0.0, args.settle_ms / 1000.0),
     )
 
 

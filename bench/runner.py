@@ -1,9 +1,10 @@
 """One benchmark run: prepare the model, start the server, then per size interleave every path.
 
 Per size: start one process per in-process path (floor, variants, PyTorch eager) and a client per
-server path (HTTP, gRPC); warm every path up; then take the latency samples round-robin, one call per
-path per round, rotating the order each round; then the throughput bursts the same way (for each
-concurrency ``c``: each round gives every path a burst of ``c`` simultaneous calls). Background load
+server path (HTTP, gRPC); warm every path up; then take the latency samples in rounds, one call per
+path per round, in a freshly shuffled order each round and with a short idle gap before each call;
+then the throughput bursts the same way (for each concurrency ``c``: each round gives every path a
+burst of ``c`` simultaneous calls). Background load
 that drifts during the run therefore lands on all paths alike, and the ratios stay meaningful on a
 shared machine. A path that fails is reported as an error row and dropped from the rotation.
 """
@@ -11,6 +12,8 @@ shared machine. A path that fails is reported as an error row and dropped from t
 from __future__ import annotations
 
 import logging
+import random
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -49,6 +52,10 @@ class Plan:
     http: bool = True
     grpc: bool = True
     seed: int = 0
+    #: Idle time before every timed call or burst. onnxruntime's and OpenMP's worker threads spin for a
+    #: while after a run; measured here, a call started right after another process's call was 30-40%
+    #: slower than one started 100 ms later.
+    settle_s: float = 0.1
     server_env: dict[str, str] = field(default_factory=dict)  # extra DANET_* settings for the server
 
     def levels(self, size: tuple[int, int]) -> list[int]:
@@ -78,6 +85,7 @@ class Plan:
             "http_format": self.http_format,
             "http_upload": self.http_upload,
             "schedule": "interleaved",
+            "settle_ms": round(self.settle_s * 1000),
             "server_env": self.server_env,
         }
 
@@ -113,11 +121,12 @@ class _Collector:
         self.peaks: dict[str, int | None] = {}  # peak RSS after the one-at-a-time calls
 
 
-def _rotate(paths: Sequence[MeasuredPath], shift: int) -> list[MeasuredPath]:
-    if not paths:
-        return []
-    shift %= len(paths)
-    return list(paths[shift:]) + list(paths[:shift])
+def _order(paths: Sequence[MeasuredPath], round_index: int, seed: int) -> list[MeasuredPath]:
+    """The paths in this round's order: a seeded shuffle, so no path always follows the same other one
+    (a path's threads may still be spinning when the next one starts; see ``Plan.settle_s``)."""
+    order = list(paths)
+    random.Random(seed * 100_003 + round_index).shuffle(order)
+    return order
 
 
 def _open_paths(
@@ -219,6 +228,8 @@ def _schedule(
     def step(path: MeasuredPath, action: str, fn: Any) -> None:
         if path not in live:
             return
+        if plan.settle_s > 0:
+            time.sleep(plan.settle_s)
         try:
             fn()
         except Exception as exc:
@@ -227,17 +238,17 @@ def _schedule(
             live.remove(path)
 
     for i in range(plan.warmup):
-        for path in _rotate(live, i):
+        for path in _order(live, i, plan.seed):
             step(path, "warm-up", path.call)
     for i in range(plan.iterations):
-        for path in _rotate(live, i):
+        for path in _order(live, i, plan.seed):
             step(path, "timing", lambda p=path: collected.durations.setdefault(p.key, []).append(p.call()))
     if after_sequential is not None:
         after_sequential(live)
     for c in plan.levels(size):
         logger.info("%s throughput at concurrency %d", label, c)
         for i in range(plan.rounds):
-            for path in _rotate(live, i):
+            for path in _order(live, i, plan.seed):
                 step(
                     path,
                     f"concurrency {c}",
