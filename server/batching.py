@@ -97,18 +97,29 @@ class Batcher:
         with self._cond:
             return len(self._queue) + self._busy
 
+    def check_capacity(self) -> None:
+        """Raise NotReady / Overloaded now if ``submit`` would, so callers can refuse before costly work.
+
+        Advisory (the queue may fill in between); ``submit`` keeps the authoritative check.
+        """
+        with self._cond:
+            self._refuse_if_full()
+
+    def _refuse_if_full(self) -> None:
+        if self._closing:
+            raise NotReady(f"model {self.name!r} is shutting down")
+        if len(self._queue) >= self.max_queue:
+            raise Overloaded(
+                f"model {self.name!r} has {len(self._queue)} requests queued (limit {self.max_queue}); "
+                "retry later",
+                retry_after_s=self.retry_after_s,
+            )
+
     def submit(self, images: np.ndarray, outputs: Sequence[str]) -> Future[dict[str, np.ndarray]]:
         future: Future[dict[str, np.ndarray]] = Future()
         request = _Request(images=images, outputs=tuple(outputs), future=future)
         with self._cond:
-            if self._closing:
-                raise NotReady(f"model {self.name!r} is shutting down")
-            if len(self._queue) >= self.max_queue:
-                raise Overloaded(
-                    f"model {self.name!r} has {len(self._queue)} requests queued (limit {self.max_queue}); "
-                    "retry later",
-                    retry_after_s=self.retry_after_s,
-                )
+            self._refuse_if_full()
             self._queue.append(request)
             self._cond.notify()
         return future

@@ -254,6 +254,18 @@ class Engine:
     def default_model(self) -> str | None:
         return self._default
 
+    def admit(self, name: str | None = None) -> ModelInfo:
+        """The model's info, or NotReady / Overloaded at once: adapters call this before reading or decoding
+        an upload, so that a full queue costs a rejected client nothing but the round trip."""
+        entry = self._entry(name)
+        self._check_ready()
+        try:
+            entry.batcher.check_capacity()
+        except Overloaded:
+            self.metrics.overloaded.labels(entry.info.name).inc()
+            raise
+        return entry.info
+
     def queue_depth(self, name: str | None = None) -> int:
         return self._entry(name).batcher.depth
 

@@ -156,11 +156,10 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
         options = request.options
         kinds = _output_kinds(options)
         engine_options = _engine_options(options)
+        info = self._engine.admit(options.model or None)  # NOT_FOUND / RESOURCE_EXHAUSTED before decoding
         started = time.perf_counter()
         image = await self._image(request)
         decode_ms = (time.perf_counter() - started) * 1000.0
-        model = options.model or None
-        info = self._engine.get_model(model)
         if pb.OUTPUT_KIND_CONFIDENCE in kinds and not info.has_confidence:
             raise InvalidOption(f"model {info.name!r} has no confidence output")
         result = await within_deadline(context, self._engine.segment(info.name, image, engine_options))

@@ -109,6 +109,9 @@ def test_full_queue_raises_overloaded_immediately() -> None:
         assert run.started.wait(5)
         queued = [batcher.submit(image(v), ("labels",)) for v in (2, 3)]
         started = time.monotonic()
+        with pytest.raises(Overloaded):
+            batcher.check_capacity()  # the pre-decode check refuses too, without queueing anything
+        assert batcher.depth == 2
         with pytest.raises(Overloaded) as info:
             batcher.submit(image(4), ("labels",))
         assert time.monotonic() - started < 1.0

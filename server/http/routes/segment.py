@@ -153,7 +153,7 @@ async def segment(
     chosen = negotiate_format(format, request.headers.get("accept"))
     options = SegmentOptions(mode=mode, scales=parse_scales(scales), flip=flip, max_size=max_size)
     options.validate()
-    info = engine.get_model(model)  # 404 before reading the body
+    info = engine.admit(model)  # 404 / 503 before reading the body
     data, declared = await read_image_bytes(request, settings.max_upload_bytes)
     t1 = time.perf_counter()
     image = await asyncio.to_thread(decode_image, data, max_pixels=settings.max_pixels, content_type=declared)
