@@ -28,44 +28,31 @@ from typing import Any
 import numpy as np
 
 from bench.floor import GPU_PROVIDERS, make_session, runner_factory, time_sequential
+from bench.images import bench_image
 from bench.stats import LatencyStats
-from common.contract import DEFAULT_CHECKPOINT, INPUT_IMAGE, OUTPUT_CONFIDENCE, OUTPUT_LABELS
-
-
-def _export(checkpoint: Path, output: Path) -> dict[str, Path]:
-    from export.onnx_export import export_onnx, variant_path
-    from models.checkpoints import load_checkpoint
-
-    if not output.exists() or not variant_path(output, "fp16").exists():
-        export_onnx(load_checkpoint(checkpoint), output, fp16=True, verify=False)
-    return {"fp32": output, "fp16": variant_path(output, "fp16")}
+from common.contract import INPUT_IMAGE, OUTPUT_CONFIDENCE, OUTPUT_LABELS
 
 
 def prepare(work_dir: Path, names: list[str]) -> dict[str, dict[str, Path]]:
-    """fp32 + fp16 ONNX files for R50-OS8 (random weights) and/or the default model."""
-    work_dir.mkdir(parents=True, exist_ok=True)
-    models = {}
+    """fp32 + fp16 ONNX files for R50-OS8 (random weights) and/or the default model, via danet-bench's own
+    preparation (same seeded weights, same export cache)."""
+    from bench.prepare import prepare_default, prepare_r50
+
+    prepared = []
     if "danet-r50-os8" in names:
-        import torch
-
-        from models.checkpoints.native import save_native
-        from models.danet import danet_resnet50
-
-        r50 = work_dir / "danet-r50-os8.safetensors"
-        if not r50.exists():
-            torch.manual_seed(0)
-            model = danet_resnet50(num_classes=19, output_stride=8, name="danet-r50-os8-random").eval()
-            save_native(model, model.config, r50)
-        models["danet-r50-os8"] = _export(r50, work_dir / "danet-r50-os8.onnx")
+        prepared.append(prepare_r50(work_dir, ["fp32", "fp16"]))
     if "danet-synthetic" in names:
-        models["danet-synthetic"] = _export(DEFAULT_CHECKPOINT, work_dir / "danet-synthetic.onnx")
+        prepared.append(prepare_default(work_dir, ["fp32", "fp16"]))
+    models = {}
+    for model in prepared:
+        if "fp16" not in model.variants:
+            raise RuntimeError(f"no fp16 variant of {model.name}: {'; '.join(model.notes)}")
+        models[model.name] = {"fp32": model.onnx, "fp16": model.variants["fp16"]}
     return models
 
 
 def scenes(count: int, size: tuple[int, int]) -> list[np.ndarray]:
-    from models.synthetic import generate_scene
-
-    return [generate_scene(10_000 + i, size[0], size[1])[0] for i in range(count)]
+    return [bench_image(size[0], size[1], seed=10_000 + i) for i in range(count)]
 
 
 def agreement(files: dict[str, Path], providers: list[str], size: tuple[int, int]) -> dict[str, Any]:
