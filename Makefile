@@ -15,9 +15,9 @@ $(VENV)/.runtime: pyproject.toml | $(BIN)/activate
 	$(BIN)/pip install --quiet -e .
 	touch $@
 
-# Everything: export/training tooling (torch CPU build) and test tools.
+# Everything: export/training tooling (torch CPU build), test tools and Ray Serve (tests/ray).
 $(VENV)/.dev: pyproject.toml | $(BIN)/activate
-	$(BIN)/pip install --quiet -e '.[export,dev]'
+	$(BIN)/pip install --quiet -e '.[export,dev,ray]'
 	touch $@ $(VENV)/.runtime
 
 run: $(VENV)/.runtime

@@ -156,6 +156,11 @@ class Settings(BaseSettings):
         None, description="PEM certificate chain: serve gRPC over TLS (with the key)."
     )
     grpc_tls_key: Path | None = Field(None, description="PEM private key for grpc_tls_cert.")
+    replica_id: str | None = Field(
+        None,
+        description="Name of this replica, sent as the X-Danet-Replica response header when set (the Ray "
+        "Serve application sets it per replica).",
+    )
 
     @field_validator("models", "providers", "warmup_sizes", "cors_origins", mode="before")
     @classmethod

@@ -53,7 +53,13 @@ def create_app(settings: Settings, engine: Engine) -> FastAPI:
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST", "OPTIONS"],
             allow_headers=["Authorization", "X-API-Key", "Content-Type", "X-Request-ID", "Accept"],
-            expose_headers=["X-Request-ID", "X-Danet-Provider", "X-Danet-Model", "X-Danet-Inference-Ms"],
+            expose_headers=[
+                "X-Request-ID",
+                "X-Danet-Provider",
+                "X-Danet-Model",
+                "X-Danet-Inference-Ms",
+                "X-Danet-Replica",
+            ],
         )
     return app
 

@@ -48,13 +48,16 @@ class ServiceMiddleware:
         method: str = scope.get("method", "GET")
         started = time.perf_counter()
         state: dict[str, Any] = {"status": 500, "started": False}
+        extra_headers = [(b"x-request-id", rid.encode())]
+        if self.settings.replica_id:
+            extra_headers.append((b"x-danet-replica", self.settings.replica_id.encode("latin-1")))
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
                 state["status"] = message["status"]
                 state["started"] = True
                 message.setdefault("headers", [])
-                message["headers"] = [*message["headers"], (b"x-request-id", rid.encode())]
+                message["headers"] = [*message["headers"], *extra_headers]
             await send(message)
 
         try:

@@ -149,6 +149,15 @@ def test_cors(app_factory) -> None:
     assert "access-control-allow-origin" not in other.headers
 
 
+def test_replica_header_only_when_replica_id_is_set(app_factory, client: TestClient) -> None:
+    assert "x-danet-replica" not in client.get("/v1/models").headers
+    named, _ = app_factory(replica_id="abc123@node1", api_key="k")
+    # every answer carries it, errors (here a refused key) included
+    for response in (named.get("/v1/models", headers={"X-API-Key": "k"}), named.get("/v1/models")):
+        assert response.headers["x-danet-replica"] == "abc123@node1"
+    assert named.get("/v1/models").status_code == 401
+
+
 def test_default_model_setting(app_factory, tiny_onnx: Path, tiny_onnx_no_logits: Path) -> None:
     client, _ = app_factory(models=[tiny_onnx, tiny_onnx_no_logits], default_model="plain")
     response = client.post(
