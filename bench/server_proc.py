@@ -1,8 +1,10 @@
-"""Run a real ``danet-serve`` in a subprocess on free loopback ports (benchmarks and load/fault tests).
+"""Run a real ``danet-serve`` in a subprocess on free loopback ports: the one launcher that benchmarks and
+every test needing a separate server process use (tests configure it through ``tests.conftest.server_process``).
 
-The server is the production entry point (``python -m server.main``), configured through flags and
-``DANET_*`` variables exactly as a user would. Its output goes to a log file so that a test can show
-it when something fails and check that no traceback was printed.
+The server is the production entry point (the ``danet-serve`` script, or ``python -m server.main``),
+configured through flags and ``DANET_*`` variables exactly as a user would. Its output goes to a log file so
+that a test can show it when something fails and check that no traceback was printed. Ready means
+``/readyz`` answers 200 and, with gRPC, the gRPC health check says SERVING.
 """
 
 from __future__ import annotations
@@ -35,11 +37,17 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
+def danet_serve_command() -> list[str]:
+    """The installed ``danet-serve`` script next to this interpreter, else ``python -m server.main``."""
+    script = Path(sys.executable).with_name("danet-serve")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "server.main"]
+
+
 def server_command(
     models: Sequence[Path] = (), *, host: str, http_port: int, grpc_port: int, extra: Sequence[str] = ()
 ) -> list[str]:
     """The ``danet-serve`` command line (run with this interpreter, so the same environment)."""
-    cmd = [sys.executable, "-m", "server.main", "--host", host, "--http-port", str(http_port)]
+    cmd = [*danet_serve_command(), "--host", host, "--http-port", str(http_port)]
     cmd += ["--grpc-port", str(grpc_port)]
     for model in models:
         cmd += ["--model", str(model)]
@@ -50,7 +58,8 @@ class ServerProcess:
     """``with ServerProcess([model]) as server: httpx.get(server.http_url + "/readyz")``.
 
     ``grpc=False`` starts no gRPC server (port -1). ``env`` adds ``DANET_*`` settings; the child
-    otherwise inherits this process's environment. ``stop()`` sends SIGTERM and waits for the drain.
+    otherwise inherits this process's environment (without its ``DANET_*`` variables when
+    ``inherit_danet_env`` is False, as tests want). ``stop()`` sends SIGTERM and waits for the drain.
     """
 
     def __init__(
@@ -63,6 +72,7 @@ class ServerProcess:
         extra_args: Sequence[str] = (),
         ready_timeout_s: float = 180.0,
         log_path: Path | None = None,
+        inherit_danet_env: bool = True,
     ) -> None:
         self.models = [Path(m) for m in models]
         self.host = host
@@ -70,7 +80,8 @@ class ServerProcess:
         self.grpc_port = free_port(host) if grpc else -1
         self.extra_args = list(extra_args)
         self.ready_timeout_s = ready_timeout_s
-        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        inherited = {k: v for k, v in os.environ.items() if inherit_danet_env or not k.startswith("DANET_")}
+        self.env = {**inherited, "PYTHONUNBUFFERED": "1", **(env or {})}
         self._own_log = log_path is None
         self.log_path = log_path or Path(tempfile.mkstemp(prefix="danet-serve-", suffix=".log")[1])
         self.process: subprocess.Popen[bytes] | None = None
@@ -79,6 +90,10 @@ class ServerProcess:
     @property
     def http_url(self) -> str:
         return f"http://{self.host}:{self.http_port}"
+
+    @property
+    def url(self) -> str:
+        return self.http_url
 
     @property
     def grpc_target(self) -> str:
@@ -114,20 +129,33 @@ class ServerProcess:
                 raise ServerStartError(
                     f"danet-serve exited with code {self.process.returncode} before becoming ready:\n{self.log_tail()}"
                 )
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{self.http_url}/readyz", timeout=2.0).status_code == 200:
-                    return self
-            time.sleep(0.2)
+            if self.is_ready(timeout_s=2.0) and self._grpc_serving():
+                return self
+            time.sleep(0.1)
         self.kill()
         raise ServerStartError(
             f"danet-serve not ready after {self.ready_timeout_s:.0f} s:\n{self.log_tail()}"
         )
 
-    def is_ready(self) -> bool:
+    def is_ready(self, timeout_s: float = 5.0) -> bool:
         try:
-            return httpx.get(f"{self.http_url}/readyz", timeout=5.0).status_code == 200
+            return httpx.get(f"{self.http_url}/readyz", timeout=timeout_s).status_code == 200
         except httpx.HTTPError:
             return False
+
+    def _grpc_serving(self) -> bool:
+        """The gRPC health check follows readiness a moment later; wait for it too when gRPC is on."""
+        if self.grpc_port < 0:
+            return True
+        import grpc  # only for servers with gRPC
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        with grpc.insecure_channel(self.grpc_target) as channel:
+            try:
+                reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=2)
+            except grpc.RpcError:
+                return False
+        return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 
     def terminate(self) -> None:
         """Send SIGTERM (graceful: stop accepting, drain, exit) without waiting."""
@@ -164,6 +192,9 @@ class ServerProcess:
 
     def reset_peak(self) -> bool:
         return memory.reset_peak(self.pid)
+
+    def log(self) -> str:
+        return self.log_text()
 
     def log_text(self) -> str:
         try:

@@ -1,9 +1,10 @@
 """The inference engine shared by every front door (REST, KServe v2 REST, gRPC).
 
-One onnxruntime session per model on the best available execution provider, a bounded queue with dynamic
-batching per model (``server.batching``), warm-up of the configured shape buckets before ``ready``, and the
-segmentation pipeline (inference size cap, sliding window, multi-scale + flip test-time augmentation with
-logit averaging). Adapters only translate requests and ``server.errors`` exceptions.
+A bounded queue with dynamic batching per served version (``server.batching``), warm-up of the configured
+shape buckets before ``ready``, and the segmentation pipeline (inference size cap, sliding window, multi-scale
++ flip test-time augmentation with logit averaging). Which versions exist, load and serve is the business of
+``server.repository``: every request holds the version it started on (``lease``) until it is answered.
+Adapters only translate requests and ``server.errors`` exceptions.
 """
 
 from __future__ import annotations
@@ -13,26 +14,18 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from common.contract import INPUT_IMAGE, OUTPUT_CONFIDENCE, OUTPUT_LABELS, OUTPUT_LOGITS
 from server.batching import Batcher, BatchStats
-from server.errors import (
-    DeadlineExceeded,
-    InvalidOption,
-    ModelLoadError,
-    ModelNotFound,
-    NotReady,
-    Overloaded,
-    PayloadTooLarge,
-)
+from server.errors import DeadlineExceeded, InvalidOption, NotReady, Overloaded, PayloadTooLarge
 from server.imaging import resize_nearest, resize_rgb
 from server.metrics import Metrics
-from server.model import ModelInfo, TensorSpec, describe_session, resolve_model_paths
-from server.providers import CPU, SessionHandle, create_session
+from server.model import ModelInfo, TensorSpec
+from server.providers import CPU, SessionHandle
+from server.repository import LoadedVersion, ModelRepository
 from server.settings import Settings, parse_size
 from server.tiling import inference_size, labels_and_confidence, resize_logits, scaled_size, slide_windows
 
@@ -75,14 +68,11 @@ class SegmentResult:
     timings: dict[str, float] = field(default_factory=dict)  # milliseconds
     provider: str = CPU
     inference_size: tuple[int, int] = (0, 0)  # (height, width) the model saw at scale 1
+    version: str = "1"  # the version that answered
+    info: ModelInfo | None = None  # its classes and palette (they may differ between versions)
 
 
-@dataclass
-class _Loaded:
-    info: ModelInfo
-    handle: SessionHandle
-    batcher: Batcher
-    use_io_binding: bool
+_Loaded = LoadedVersion  # one servable version (server.repository)
 
 
 def _restore_size(
@@ -93,13 +83,13 @@ def _restore_size(
 
 
 class Engine:
-    """Owns sessions and schedulers. ``await start()`` loads and warms up; then ``ready`` is True."""
+    """Queues, batching, execution and the segmentation pipeline over the versions that ``repository``
+    serves. ``await start()`` loads and warms up; then ``ready`` is True."""
 
     def __init__(self, settings: Settings, *, metrics: Metrics | None = None) -> None:
         self.settings = settings
         self.metrics = metrics or Metrics()
-        self._models: dict[str, _Loaded] = {}
-        self._default: str | None = None
+        self.repository = ModelRepository(settings, self)
         self._ready = False
         self._closing = False
 
@@ -114,7 +104,7 @@ class Engine:
 
     @property
     def loaded(self) -> bool:
-        return bool(self._models)
+        return self.repository.initialised
 
     async def start(self) -> None:
         """Load every model, warm up, then report ready."""
@@ -123,40 +113,11 @@ class Engine:
 
     async def load(self) -> None:
         """Create the sessions (in a thread: it can take seconds). Raises ModelLoadError."""
-        if self._models:
-            return
-        await asyncio.to_thread(self._load_all)
+        await self.repository.load_initial()
 
-    def _load_all(self) -> None:
-        paths = resolve_model_paths(list(self.settings.models))
-        loaded: dict[str, _Loaded] = {}
-        try:
-            for path in paths:
-                entry = self._load_one(path)
-                if entry.info.name in loaded:
-                    raise ModelLoadError(
-                        f"two models are named {entry.info.name!r} ({loaded[entry.info.name].info.path} and "
-                        f"{path}); rename a file or set different model_name metadata"
-                    )
-                loaded[entry.info.name] = entry
-        except BaseException:
-            for entry in loaded.values():
-                entry.batcher.close(timeout=1.0)
-            raise
-        default = self.settings.default_model or next(iter(loaded))
-        if default not in loaded:
-            raise ModelLoadError(f"default_model {default!r} is not among the loaded models {sorted(loaded)}")
-        self._models, self._default = loaded, default
-
-    def _load_one(self, path: Path) -> _Loaded:
+    def attach(self, info: ModelInfo, handle: SessionHandle) -> LoadedVersion:
+        """A new session -> a servable version with its own queue and batcher (called by the repository)."""
         settings = self.settings
-        try:
-            handle = create_session(path, settings, label=str(path))
-        except ModelLoadError:
-            raise
-        except Exception as exc:  # anything onnxruntime says about an unreadable file
-            raise ModelLoadError(f"cannot load {path}: {exc}") from exc
-        info = describe_session(handle.session, path, handle.provider, fallback=handle.fallback)
         batching = settings.batching == "on" or (settings.batching == "auto" and handle.on_gpu)
         max_batch = settings.max_batch_size if batching else 1
         use_io_binding = settings.io_binding and handle.on_gpu
@@ -171,7 +132,7 @@ class Engine:
 
         batcher = Batcher(
             run,
-            name=info.name,
+            name=f"{info.name}-v{info.version}",
             workers=settings.workers,
             max_batch=max_batch,
             max_delay_s=settings.batch_delay_ms / 1000.0,
@@ -179,45 +140,56 @@ class Engine:
             retry_after_s=settings.retry_after_s,
             on_batch=on_batch,
         )
-        entry = _Loaded(info=info, handle=handle, batcher=batcher, use_io_binding=use_io_binding)
-        self.metrics.track_queue(info.name, lambda: float(batcher.depth))
+        repository = self.repository
+        self.metrics.track_queue(info.name, lambda: float(repository.queue_depth(info.name)))
         self.metrics.provider.labels(info.name, handle.provider).set(1)
         self.metrics.provider_fallback.labels(info.name).set(1 if handle.fallback else 0)
         logger.info(
-            "loaded model %s from %s on %s (batching %s, max batch %d, %d worker(s), io binding %s)",
+            "loaded model %s version %s from %s on %s (batching %s, max batch %d, %d worker(s), io binding %s)",
             info.name,
-            path,
+            info.version,
+            info.path,
             handle.provider,
             "on" if batching else "off",
             max_batch,
             settings.workers,
             use_io_binding,
-            extra={"model": info.name, "provider": handle.provider},
+            extra={"model": info.name, "version": info.version, "provider": handle.provider},
         )
-        return entry
+        return LoadedVersion(info=info, handle=handle, batcher=batcher, use_io_binding=use_io_binding)
 
     async def warm_up(self) -> None:
-        """Run each configured shape bucket once per model (first runs per shape are slow), then ready."""
-        for entry in list(self._models.values()):
-            for height, width in self._warmup_shapes(entry.info):
-                started = time.perf_counter()
-                # batch 1, and the full batch when batching can produce it (new shapes are slow once)
-                for batch in sorted({1, entry.batcher.max_batch}):
-                    images = np.zeros((batch, height, width, 3), dtype=np.uint8)
-                    await self._infer(entry, images, entry.info.output_names)
-                logger.info(
-                    "warmed up %s at %dx%d in %.0f ms",
-                    entry.info.name,
-                    height,
-                    width,
-                    (time.perf_counter() - started) * 1000,
-                    extra={"model": entry.info.name},
-                )
+        """Warm every served version, then ready (and, in poll mode, start watching the repository)."""
+        for entry in self.repository.entries():
+            await self.warm(entry)
         self._ready = True
         self.metrics.ready.set(1)
+        self.repository.start_polling()
         logger.info(
-            "engine ready: %s", ", ".join(f"{n} on {e.handle.provider}" for n, e in self._models.items())
+            "engine ready: %s",
+            ", ".join(
+                f"{e.info.name} v{e.info.version} on {e.handle.provider}" for e in self.repository.entries()
+            )
+            or "no model loaded",
         )
+
+    async def warm(self, entry: LoadedVersion) -> None:
+        """Run each configured shape bucket once (first runs per shape are slow)."""
+        for height, width in self._warmup_shapes(entry.info):
+            started = time.perf_counter()
+            # batch 1, and the full batch when batching can produce it (new shapes are slow once)
+            for batch in sorted({1, entry.batcher.max_batch}):
+                images = np.zeros((batch, height, width, 3), dtype=np.uint8)
+                await self._infer(entry, images, entry.info.output_names)
+            logger.info(
+                "warmed up %s v%s at %dx%d in %.0f ms",
+                entry.info.name,
+                entry.info.version,
+                height,
+                width,
+                (time.perf_counter() - started) * 1000,
+                extra={"model": entry.info.name},
+            )
 
     def _warmup_shapes(self, info: ModelInfo) -> list[tuple[int, int]]:
         shapes: list[tuple[int, int]] = []
@@ -237,27 +209,29 @@ class Engine:
         """Stop accepting new work, finish what is queued, release the sessions."""
         self._closing = True
         self.metrics.ready.set(0)
-        entries = list(self._models.values())
-        await asyncio.gather(
-            *(asyncio.to_thread(e.batcher.close, self.settings.shutdown_grace_s) for e in entries)
-        )
+        await self.repository.close(self.settings.shutdown_grace_s)
         logger.info("engine closed")
 
     # --- models -----------------------------------------------------------------------------------
     def list_models(self) -> list[ModelInfo]:
-        return [entry.info for entry in self._models.values()]
+        """The newest ready version of every model."""
+        return [self.repository.current(name).info for name in self.repository.names()]
 
-    def get_model(self, name: str | None = None) -> ModelInfo:
-        return self._entry(name).info
+    def get_model(self, name: str | None = None, version: str | None = None) -> ModelInfo:
+        return self._entry(name, version).info
+
+    def versions(self, name: str) -> list[ModelInfo]:
+        """Every ready version of ``name``, oldest first."""
+        return self.repository.versions(name)
 
     @property
     def default_model(self) -> str | None:
-        return self._default
+        return self.repository.default_model
 
-    def admit(self, name: str | None = None) -> ModelInfo:
+    def admit(self, name: str | None = None, version: str | None = None) -> ModelInfo:
         """The model's info, or NotReady / Overloaded at once: adapters call this before reading or decoding
         an upload, so that a full queue costs a rejected client nothing but the round trip."""
-        entry = self._entry(name)
+        entry = self._entry(name, version)
         self._check_ready()
         try:
             entry.batcher.check_capacity()
@@ -267,32 +241,42 @@ class Engine:
         return entry.info
 
     def queue_depth(self, name: str | None = None) -> int:
-        return self._entry(name).batcher.depth
+        return self.repository.queue_depth(self._entry(name).info.name)
 
-    def _entry(self, name: str | None) -> _Loaded:
-        if not self._models:
-            raise NotReady("models are still loading")
-        key = name or self._default
-        entry = self._models.get(key) if key else None
-        if entry is None:
-            raise ModelNotFound(f"model {name!r} is not served; available: {sorted(self._models)}")
-        return entry
+    def _entry(self, name: str | None, version: str | None = None) -> _Loaded:
+        return self.repository.current(name, version)
 
     # --- raw inference ----------------------------------------------------------------------------
     async def infer(
-        self, name: str | None, image_batch: np.ndarray, outputs: Sequence[str] | None = None
+        self,
+        name: str | None,
+        image_batch: np.ndarray,
+        outputs: Sequence[str] | None = None,
+        *,
+        version: str | None = None,
     ) -> dict[str, np.ndarray]:
         """Raw graph outputs for ``image_batch`` uint8 [N, H, W, 3] through the queue and the batcher."""
-        entry = self._entry(name)
+        return (await self.infer_versioned(name, image_batch, outputs, version=version))[1]
+
+    async def infer_versioned(
+        self,
+        name: str | None,
+        image_batch: np.ndarray,
+        outputs: Sequence[str] | None = None,
+        *,
+        version: str | None = None,
+    ) -> tuple[ModelInfo, dict[str, np.ndarray]]:
+        """Like ``infer``, with the info of the version that answered (no version = the newest)."""
         self._check_ready()
-        wanted = list(outputs) if outputs else entry.info.output_names
-        unknown = [o for o in wanted if o not in entry.info.output_names]
-        if unknown:
-            raise InvalidOption(
-                f"model {entry.info.name!r} has no output(s) {unknown}; it has {entry.info.output_names}"
-            )
-        self._check_images(image_batch)
-        return await self._infer(entry, image_batch, wanted)
+        with self.repository.lease(name, version) as entry:
+            wanted = list(outputs) if outputs else entry.info.output_names
+            unknown = [o for o in wanted if o not in entry.info.output_names]
+            if unknown:
+                raise InvalidOption(
+                    f"model {entry.info.name!r} has no output(s) {unknown}; it has {entry.info.output_names}"
+                )
+            self._check_images(image_batch)
+            return entry.info, await self._infer(entry, image_batch, wanted)
 
     def _check_ready(self) -> None:
         if self._closing:
@@ -347,10 +331,17 @@ class Engine:
         return dict(zip(outputs, values, strict=True))
 
     # --- segmentation -----------------------------------------------------------------------------
-    async def segment(self, name: str | None, image: np.ndarray, options: SegmentOptions) -> SegmentResult:
+    async def segment(
+        self, name: str | None, image: np.ndarray, options: SegmentOptions, *, version: str | None = None
+    ) -> SegmentResult:
         """Class map (and confidence) of one RGB uint8 image [H, W, 3], at that image's size."""
-        entry = self._entry(name)
         self._check_ready()
+        with self.repository.lease(name, version) as entry:
+            result = await self._segment(entry, image, options)
+        result.version, result.info = entry.info.version, entry.info
+        return result
+
+    async def _segment(self, entry: _Loaded, image: np.ndarray, options: SegmentOptions) -> SegmentResult:
         options.validate()
         info = entry.info
         if options.needs_logits and not info.has_logits:
@@ -461,16 +452,17 @@ class Engine:
 
     def describe(self) -> dict[str, Any]:
         """Status for /readyz and logs."""
-        return {
-            "ready": self.ready,
-            "models": {
-                name: {
-                    "provider": e.handle.provider,
-                    "fallback": e.handle.fallback,
-                    "batching": e.batcher.max_batch > 1,
-                    "max_batch_size": e.batcher.max_batch,
-                    "queue_depth": e.batcher.depth,
-                }
-                for name, e in self._models.items()
-            },
-        }
+        models: dict[str, Any] = {}
+        for name in self.repository.names():
+            versions = self.repository.versions(name)
+            e = self.repository.current(name)
+            models[name] = {
+                "version": e.info.version,
+                "versions": [info.version for info in versions],
+                "provider": e.handle.provider,
+                "fallback": e.handle.fallback,
+                "batching": e.batcher.max_batch > 1,
+                "max_batch_size": e.batcher.max_batch,
+                "queue_depth": self.repository.queue_depth(name),
+            }
+        return {"ready": self.ready, "repository": self.repository.describe(), "models": models}

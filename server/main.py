@@ -50,6 +50,22 @@ def build_parser() -> argparse.ArgumentParser:
     add("--grpc-port", type=int, help="gRPC port (default 8001; 0 = any free port; -1 = no gRPC)")
     add("--model", dest="models", action="append", metavar="PATH", help="ONNX file or directory (repeatable)")
     add("--default-model", help="model used when a request names none")
+    add("--model-repository", metavar="DIR", help="Triton-style repository DIR/<name>/<version>/model.onnx")
+    add(
+        "--model-control-mode",
+        choices=["none", "explicit", "poll"],
+        help="none = load at start only (default); explicit = load/unload through the repository API; "
+        "poll = re-scan the repository every --repository-poll-s seconds",
+    )
+    add(
+        "--load-model",
+        dest="load_models",
+        action="append",
+        metavar="NAME",
+        help="model to load at start in explicit mode (repeatable; '*' = all)",
+    )
+    add("--repository-poll-s", type=float, metavar="SECONDS", help="seconds between scans in poll mode (15)")
+    add("--version-policy", metavar="POLICY", help="latest:N (default latest:1), all, or specific:1,3")
     add("--api-key", help="require this API key (Authorization: Bearer or X-API-Key)")
     add(
         "--provider",

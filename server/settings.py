@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from common.contract import DEFAULT_GRPC_PORT, DEFAULT_HTTP_PORT, ENV_PREFIX
@@ -69,6 +69,25 @@ class Settings(BaseSettings):
     )
     default_model: str | None = Field(
         None, description="Model used when a request names none (default: the first)."
+    )
+    model_repository: Path | None = Field(
+        None, description="Triton-style repository DIR/<name>/<version>/model.onnx (instead of models)."
+    )
+    model_control_mode: Literal["none", "explicit", "poll"] = Field(
+        "none",
+        description="Triton's model control: none = load at start only, explicit = load/unload by API, "
+        "poll = re-scan the repository every repository_poll_s seconds.",
+    )
+    load_models: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Models to load at start in explicit mode ('*' = all)."
+    )
+    repository_poll_s: float = Field(
+        15.0, gt=0.0, description="Seconds between repository scans in poll mode."
+    )
+    version_policy: str = Field(
+        "latest:1",
+        description="Versions served per model unless its config.pbtxt says otherwise: latest:N, all, "
+        "or specific:1,3.",
     )
 
     # --- execution providers -----------------------------------------------------------------------
@@ -162,7 +181,7 @@ class Settings(BaseSettings):
         "Serve application sets it per replica).",
     )
 
-    @field_validator("models", "providers", "warmup_sizes", "cors_origins", mode="before")
+    @field_validator("models", "providers", "warmup_sizes", "cors_origins", "load_models", mode="before")
     @classmethod
     def _lists(cls, value: Any) -> Any:
         return _split_list(value)
@@ -174,6 +193,22 @@ class Settings(BaseSettings):
             if item != "preferred":
                 parse_size(item)
         return value
+
+    @field_validator("version_policy")
+    @classmethod
+    def _check_policy(cls, value: str) -> str:
+        from server.versions import parse_policy  # a pure parser (no I/O)
+
+        parse_policy(value)
+        return value
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Settings:
+        if self.model_repository is not None and self.models:
+            raise ValueError("give models (--model) or model_repository (--model-repository), not both")
+        if self.model_repository is None and (self.model_control_mode != "none" or self.load_models):
+            raise ValueError("model_control_mode and load_models need model_repository")
+        return self
 
     @field_validator("api_key", mode="before")
     @classmethod

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import io
 import socket
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from bench.server_proc import ServerProcess
 from tests.onnx_fixtures import write_model
 
 
@@ -52,3 +54,23 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def server_process(
+    models: Sequence[Path] = (),
+    *args: str,
+    env: dict[str, str] | None = None,
+    grpc: bool = True,
+    log_format: str = "json",
+) -> ServerProcess:
+    """A ``danet-serve`` subprocess set up for tests (CPU, one thread, no inherited DANET_* variables);
+    ``.start()`` it (or use it as a context manager)."""
+    settings = {
+        "DANET_PROVIDERS": "CPUExecutionProvider",
+        "DANET_INTRA_OP_THREADS": "1",
+        "DANET_LOG_FORMAT": log_format,
+        **(env or {}),
+    }
+    return ServerProcess(
+        models, env=settings, grpc=grpc, extra_args=args, ready_timeout_s=90, inherit_danet_env=False
+    )

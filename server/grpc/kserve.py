@@ -30,7 +30,7 @@ logger = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 SERVER_NAME = "danet-serve"
 PLATFORM = "onnxruntime_onnx"
-EXTENSIONS = ("model_configuration",)
+EXTENSIONS = ("model_configuration", "model_repository")
 
 # numpy dtype <-> KServe v2 datatype string
 _DATATYPES = {
@@ -112,7 +112,7 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
         tensor = pb.ModelMetadataResponse.TensorMetadata
         return pb.ModelMetadataResponse(
             name=info.name,
-            versions=[info.version],
+            versions=[v.version for v in self._engine.versions(info.name)],
             platform=PLATFORM,
             inputs=[tensor(name=t.name, datatype=t.datatype, shape=list(t.shape)) for t in info.inputs],
             outputs=[tensor(name=t.name, datatype=t.datatype, shape=list(t.shape)) for t in info.outputs],
@@ -178,7 +178,12 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
         names = [o.name for o in request.outputs] or info.output_names
         if len(set(names)) != len(names):
             raise InvalidOption(f"outputs requested more than once: {names}")
-        results = await within_deadline(context, self._engine.infer(info.name, batch, outputs=names))
+        info, results = await within_deadline(
+            context,
+            self._engine.infer_versioned(
+                info.name, batch, outputs=names, version=request.model_version or None
+            ),
+        )
         response = pb.ModelInferResponse(model_name=info.name, model_version=info.version, id=request.id)
         for name in names:
             array = np.asarray(results[name])
@@ -186,13 +191,42 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
             response.raw_output_contents.append(raw_bytes(array))
         return response
 
-    def _model(self, name: str, version: str) -> ModelInfo:
+    # --- the repository extension -----------------------------------------------------------------
+    @translate_errors
+    async def RepositoryIndex(
+        self, request: pb.RepositoryIndexRequest, context: Any
+    ) -> pb.RepositoryIndexResponse:
+        rows = self._engine.repository.index(ready_only=request.ready)
+        return pb.RepositoryIndexResponse(
+            models=[pb.RepositoryIndexResponse.ModelIndex(**row) for row in rows]
+        )
+
+    @translate_errors
+    async def RepositoryModelLoad(
+        self, request: pb.RepositoryModelLoadRequest, context: Any
+    ) -> pb.RepositoryModelLoadResponse:
+        if "config" in request.parameters or any(k.startswith("file:") for k in request.parameters):
+            raise InvalidOption(
+                "loading with an override config or files is not supported; edit the repository"
+            )
+        await self._engine.repository.load_model(self._name(request.model_name))
+        return pb.RepositoryModelLoadResponse()
+
+    @translate_errors
+    async def RepositoryModelUnload(
+        self, request: pb.RepositoryModelUnloadRequest, context: Any
+    ) -> pb.RepositoryModelUnloadResponse:
+        await self._engine.repository.unload_model(self._name(request.model_name))
+        return pb.RepositoryModelUnloadResponse()
+
+    @staticmethod
+    def _name(name: str) -> str:
         if not name:
             raise InvalidOption("model name is required")
-        info = self._engine.get_model(name)
-        if version and version != info.version:
-            raise ModelNotFound(f"model {name!r} has no version {version!r}; it has [{info.version!r}]")
-        return info
+        return name
+
+    def _model(self, name: str, version: str) -> ModelInfo:
+        return self._engine.get_model(self._name(name), version or None)
 
     def _input_batch(self, request: pb.ModelInferRequest) -> np.ndarray:
         """The ``image`` tensor as uint8 [N, H, W, 3], validated against what the request declares."""

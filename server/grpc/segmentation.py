@@ -80,9 +80,11 @@ def _metadata_text(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
 
 
-def model_info_proto(info: ModelInfo) -> pb.ModelInfo:
+def model_info_proto(info: ModelInfo, versions: list[str] | None = None) -> pb.ModelInfo:
     return pb.ModelInfo(
         name=info.name,
+        version=info.version,
+        versions=versions or [info.version],
         classes=list(info.classes),
         palette=[pb.Color(r=int(r), g=int(g), b=int(b)) for r, g, b in info.palette],
         provider=info.provider,
@@ -130,11 +132,12 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
     async def ListModels(
         self, request: pb.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListModelsResponse:
-        models = self._engine.list_models()
-        if not models:
+        if not self._engine.loaded:
             raise NotReady("models are still loading")
+        models = self._engine.list_models()
         return pb.ListModelsResponse(
-            models=[model_info_proto(m) for m in models], default_model=self._engine.default_model or ""
+            models=[model_info_proto(m, [v.version for v in self._engine.versions(m.name)]) for m in models],
+            default_model=self._engine.default_model or "",
         )
 
     # --- work -------------------------------------------------------------------------------------
@@ -156,13 +159,17 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
         options = request.options
         kinds = _output_kinds(options)
         engine_options = _engine_options(options)
-        info = self._engine.admit(options.model or None)  # NOT_FOUND / RESOURCE_EXHAUSTED before decoding
+        version = options.version or None
+        info = self._engine.admit(options.model or None, version)  # NOT_FOUND / RESOURCE_EXHAUSTED first
         started = time.perf_counter()
         image = await self._image(request)
         decode_ms = (time.perf_counter() - started) * 1000.0
         if pb.OUTPUT_KIND_CONFIDENCE in kinds and not info.has_confidence:
             raise InvalidOption(f"model {info.name!r} has no confidence output")
-        result = await within_deadline(context, self._engine.segment(info.name, image, engine_options))
+        result = await within_deadline(
+            context, self._engine.segment(info.name, image, engine_options, version=version)
+        )
+        info = result.info or info  # the version that answered (a swap may have happened meanwhile)
         reply = await asyncio.to_thread(self._reply, request, info, image, result, kinds)
         reply.timings_ms["decode_ms"] = decode_ms
         return reply
@@ -180,7 +187,12 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
         labels = result.labels
         height, width = labels.shape
         reply = pb.SegmentResponse(
-            id=request.id, model=result.model, provider=result.provider, height=height, width=width
+            id=request.id,
+            model=result.model,
+            model_version=result.version,
+            provider=result.provider,
+            height=height,
+            width=width,
         )
         if pb.OUTPUT_KIND_INDEX in kinds:
             raw = request.options.label_encoding == pb.LABEL_ENCODING_RAW

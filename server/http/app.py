@@ -57,6 +57,7 @@ def create_app(settings: Settings, engine: Engine) -> FastAPI:
                 "X-Request-ID",
                 "X-Danet-Provider",
                 "X-Danet-Model",
+                "X-Danet-Model-Version",
                 "X-Danet-Inference-Ms",
                 "X-Danet-Replica",
             ],

@@ -18,23 +18,21 @@ from fastapi.responses import JSONResponse, Response
 from common.contract import INPUT_IMAGE
 from server import __version__
 from server.engine import Engine
-from server.errors import InvalidOption, ModelNotFound, NotReady, PayloadTooLarge
+from server.errors import InvalidOption, NotReady, PayloadTooLarge
 from server.http.deps import EngineDep, SettingsDep
 from server.model import ORT_TYPES, ModelInfo, TensorSpec
 
 router = APIRouter(prefix="/v2", tags=["kserve-v2"])
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
+MODEL_VERSION_HEADER = "X-Danet-Model-Version"
 SERVER_NAME = "danet-serve"
-EXTENSIONS = ["binary_tensor_data", "model_configuration"]
+EXTENSIONS = ["binary_tensor_data", "model_configuration", "model_repository"]
 _TRITON_TYPES = {v2: f"TYPE_{v2}" for v2, _ in ORT_TYPES.values()}  # Triton model-config names
 
 
 def _model(engine: Engine, name: str, version: str | None) -> ModelInfo:
-    info = engine.get_model(name)
-    if version not in (None, "", info.version):
-        raise ModelNotFound(f"model {name!r} has no version {version!r} (versions: [{info.version!r}])")
-    return info
+    return engine.get_model(name, version or None)
 
 
 @router.get("", summary="Server metadata")
@@ -60,7 +58,7 @@ async def model_metadata(engine: EngineDep, model: str, version: str | None = No
     info = _model(engine, model, version)
     return {
         "name": info.name,
-        "versions": [info.version],
+        "versions": [v.version for v in engine.versions(info.name)],
         "platform": "onnxruntime_onnx",
         "inputs": [t.to_dict() for t in info.inputs],
         "outputs": [t.to_dict() for t in info.outputs],
@@ -130,7 +128,9 @@ async def infer(
 
     images = _read_image_input(header, binary, info)
     requested, binary_out = _requested_outputs(header, info)
-    results = await engine.infer(info.name, images, [name for name, _ in requested])
+    info, results = await engine.infer_versioned(
+        info.name, images, [name for name, _ in requested], version=version or None
+    )
 
     outputs: list[dict[str, Any]] = []
     blobs: list[bytes] = []
@@ -147,12 +147,55 @@ async def infer(
     response: dict[str, Any] = {"model_name": info.name, "model_version": info.version, "outputs": outputs}
     if "id" in header:
         response["id"] = header["id"]
-    headers = {"X-Danet-Provider": info.provider}
+    headers = {
+        "X-Danet-Provider": info.provider,
+        "X-Danet-Model": info.name,
+        MODEL_VERSION_HEADER: info.version,
+    }
     json_part = json.dumps(response).encode()
     if not blobs:
         return Response(json_part, media_type="application/json", headers=headers)
     headers[HEADER_LENGTH] = str(len(json_part))
     return Response(json_part + b"".join(blobs), media_type="application/octet-stream", headers=headers)
+
+
+# --- the repository extension ---------------------------------------------------------------------
+async def _json_body(request: Request) -> dict[str, Any]:
+    """tritonclient posts an empty body or a JSON object (``{"ready": ...}``, ``{"parameters": ...}``)."""
+    raw = await request.body()
+    if not raw.strip():
+        return {}
+    try:
+        body = json.loads(raw)
+    except ValueError as exc:
+        raise InvalidOption(f"request body is not valid JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise InvalidOption("request body must be a JSON object")
+    return body
+
+
+@router.post("/repository/index", summary="Repository index: every model version and its state")
+async def repository_index(request: Request, engine: EngineDep) -> JSONResponse:
+    body = await _json_body(request)
+    return JSONResponse(engine.repository.index(ready_only=bool(body.get("ready", False))))
+
+
+@router.post("/repository/models/{model}/load", summary="Load or reload a model (explicit mode)")
+async def repository_load(request: Request, engine: EngineDep, model: str) -> JSONResponse:
+    parameters = (await _json_body(request)).get("parameters") or {}
+    if not isinstance(parameters, dict):
+        raise InvalidOption("'parameters' must be a JSON object")
+    if "config" in parameters or any(key.startswith("file:") for key in parameters):
+        raise InvalidOption("loading with an override config or files is not supported; edit the repository")
+    await engine.repository.load_model(model)
+    return JSONResponse({})
+
+
+@router.post("/repository/models/{model}/unload", summary="Unload every version of a model (explicit mode)")
+async def repository_unload(request: Request, engine: EngineDep, model: str) -> JSONResponse:
+    await _json_body(request)  # parameters.unload_dependents: there are no dependents here
+    await engine.repository.unload_model(model)
+    return JSONResponse({})
 
 
 def _spec(info: ModelInfo, name: str) -> TensorSpec:

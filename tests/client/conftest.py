@@ -7,16 +7,16 @@ from pathlib import Path
 
 import pytest
 
+from bench.server_proc import ServerProcess
+from tests.conftest import server_process
 from tests.grpc.harness import OnnxReference
-from tests.grpc.live_server import LiveServer
 
 API_KEY = "client-test-key"
 
 
 @pytest.fixture(scope="session")
-def live_server(tiny_onnx: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    server = LiveServer([tiny_onnx], tmp_path_factory.mktemp("serve") / "serve.log", "--api-key", API_KEY)
-    server.wait_ready()
+def live_server(tiny_onnx: Path) -> Iterator[ServerProcess]:
+    server = server_process([tiny_onnx], "--api-key", API_KEY, log_format="text").start()
     yield server
     server.stop()
 

@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from bench.server_proc import ServerProcess
 from tests.client.conftest import API_KEY
+from tests.conftest import free_port
 from tests.grpc.harness import OnnxReference, random_image
-from tests.grpc.live_server import LiveServer, free_port
 
 PROTOCOLS = ["rest", "grpc"]
 
@@ -28,7 +29,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*cli_command(), *args], capture_output=True, text=True, timeout=120)
 
 
-def where(server: LiveServer, protocol: str) -> list[str]:
+def where(server: ServerProcess, protocol: str) -> list[str]:
     return ["--grpc", server.grpc_target] if protocol == "grpc" else ["--url", server.url]
 
 
@@ -69,7 +70,7 @@ def sent_pixels(path: Path) -> np.ndarray:
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_segment_folders_and_files_to_label_maps(
-    live_server: LiveServer, inputs: tuple[Path, dict[str, np.ndarray]], reference: OnnxReference, tmp_path: Path,
+    live_server: ServerProcess, inputs: tuple[Path, dict[str, np.ndarray]], reference: OnnxReference, tmp_path: Path,
     protocol: str,
 ) -> None:  # fmt: skip
     root, _ = inputs
@@ -97,7 +98,7 @@ def test_segment_folders_and_files_to_label_maps(
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_json_format(
-    live_server: LiveServer, inputs: tuple[Path, dict[str, np.ndarray]], tmp_path: Path, protocol: str
+    live_server: ServerProcess, inputs: tuple[Path, dict[str, np.ndarray]], tmp_path: Path, protocol: str
 ) -> None:
     root, _ = inputs
     run = run_cli(
@@ -112,7 +113,7 @@ def test_json_format(
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_a_bad_file_fails_the_run_but_not_the_others(
-    live_server: LiveServer, inputs: tuple[Path, dict[str, np.ndarray]], tmp_path: Path, protocol: str
+    live_server: ServerProcess, inputs: tuple[Path, dict[str, np.ndarray]], tmp_path: Path, protocol: str
 ) -> None:
     root, _ = inputs
     broken = tmp_path / "in" / "broken.png"
@@ -131,7 +132,7 @@ def test_a_bad_file_fails_the_run_but_not_the_others(
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_wrong_api_key_fails(
-    live_server: LiveServer, inputs: tuple[Path, dict[str, np.ndarray]], tmp_path: Path, protocol: str
+    live_server: ServerProcess, inputs: tuple[Path, dict[str, np.ndarray]], tmp_path: Path, protocol: str
 ) -> None:
     root, _ = inputs
     run = run_cli(
@@ -165,7 +166,7 @@ def test_usage_errors(tmp_path: Path) -> None:
     assert both.returncode == 2
 
 
-def test_progress_bar_for_many_files(live_server: LiveServer, tmp_path: Path) -> None:
+def test_progress_bar_for_many_files(live_server: ServerProcess, tmp_path: Path) -> None:
     folder = tmp_path / "many"
     folder.mkdir()
     for i in range(6):

@@ -10,23 +10,24 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from bench.server_proc import ServerProcess
 from client import DanetClient, DanetClientError, Segmentation
 from tests.client.conftest import API_KEY
+from tests.conftest import free_port
 from tests.grpc.harness import OnnxReference, random_image
-from tests.grpc.live_server import LiveServer, free_port
 from tests.onnx_fixtures import RGB_CLASSES, RGB_PALETTE
 
 PROTOCOLS = ["rest", "grpc"]
 
 
-def connect(server: LiveServer, protocol: str, **kwargs: object) -> DanetClient:
+def connect(server: ServerProcess, protocol: str, **kwargs: object) -> DanetClient:
     if protocol == "grpc":
         return DanetClient(grpc=server.grpc_target, **kwargs)  # type: ignore[arg-type]
     return DanetClient(server.url, **kwargs)  # type: ignore[arg-type]
 
 
 @pytest.fixture(params=PROTOCOLS)
-def client(request: pytest.FixtureRequest, live_server: LiveServer) -> Iterator[DanetClient]:
+def client(request: pytest.FixtureRequest, live_server: ServerProcess) -> Iterator[DanetClient]:
     with connect(live_server, request.param, api_key=API_KEY, timeout=30) as c:
         yield c
 
@@ -101,7 +102,7 @@ def test_server_refusals_are_client_errors(client: DanetClient, call: object, co
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 @pytest.mark.parametrize("key", [None, "wrong"])
-def test_api_key_is_required(live_server: LiveServer, protocol: str, key: str | None) -> None:
+def test_api_key_is_required(live_server: ServerProcess, protocol: str, key: str | None) -> None:
     with connect(live_server, protocol, api_key=key) as c, pytest.raises(DanetClientError) as info:
         c.segment(random_image(0))
     assert info.value.code in {"UNAUTHENTICATED", "unauthenticated"}
@@ -158,7 +159,7 @@ def test_bad_construction(kwargs: dict[str, object]) -> None:
         DanetClient(**kwargs)  # type: ignore[arg-type]
 
 
-def test_closed_client_raises_the_client_error(live_server: LiveServer) -> None:
+def test_closed_client_raises_the_client_error(live_server: ServerProcess) -> None:
     client = DanetClient(grpc=live_server.grpc_target, api_key=API_KEY)
     with client:
         assert client.ready()

@@ -55,10 +55,10 @@ def slow_first_frames(grpc_server: ServerThread, monkeypatch: pytest.MonkeyPatch
     original = engine.segment
     finished: list[str] = []
 
-    async def segment(name: Any, image: np.ndarray, options: Any) -> Any:
+    async def segment(name: Any, image: np.ndarray, options: Any, **kwargs: Any) -> Any:
         delay = max(0.0, 0.3 - 0.05 * (image.shape[0] - 16))
         await asyncio.sleep(delay)
-        result = await original(name, image, options)
+        result = await original(name, image, options, **kwargs)
         finished.append(f"h{image.shape[0]}")
         return result
 

@@ -19,7 +19,7 @@ import pytest
 from google.protobuf import descriptor_pb2
 
 from protos.gen.inference import grpc_service_pb2, model_config_pb2
-from tests.grpc.live_server import LiveServer
+from tests.conftest import server_process
 from tests.onnx_fixtures import write_model
 
 MODEL = "tiny"
@@ -32,7 +32,7 @@ def probe(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path
     model = write_model(work / "tiny.onnx", model_name=MODEL)
     images = np.random.default_rng(11).integers(0, 256, size=(2, 24, 40, 3), dtype=np.uint8)
     np.save(work / "images.npy", images)
-    server = LiveServer([model], work / "serve.log").wait_ready()
+    server = server_process([model], log_format="text").start()
     try:
         run = subprocess.run(
             [sys.executable, str(PROBE), server.grpc_target, MODEL, str(work / "images.npy"), str(work)],

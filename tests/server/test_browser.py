@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import encode, make_scene
-from tests.server.conftest import ServerProcess
+from bench.server_proc import ServerProcess
+from tests.conftest import encode, make_scene, server_process
 
 CHROMIUM = Path("/usr/bin/chromium")
 
@@ -90,9 +90,7 @@ def test_upload_shows_overlay_and_legend(live_server: ServerProcess, tmp_path: P
 def test_api_key_prompted_page(tmp_path: Path, tiny_onnx: Path) -> None:
     from playwright.sync_api import sync_playwright
 
-    from tests.server.conftest import start_server
-
-    server = start_server(tmp_path, ["--model", str(tiny_onnx), "--api-key", "page-key"])
+    server = server_process([tiny_onnx], "--api-key", "page-key").start()
     try:
         with sync_playwright() as playwright:
             browser = launch(playwright)
@@ -112,4 +110,4 @@ def test_api_key_prompted_page(tmp_path: Path, tiny_onnx: Path) -> None:
             finally:
                 browser.close()
     finally:
-        assert server.terminate() == 0
+        assert server.stop() == 0

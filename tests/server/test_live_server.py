@@ -22,10 +22,10 @@ import tritonclient.http as triton_http
 from PIL import Image
 from tritonclient.utils import InferenceServerException
 
+from bench.server_proc import ServerProcess, danet_serve_command
 from common.contract import DEFAULT_ONNX
-from tests.conftest import encode, make_scene
+from tests.conftest import encode, make_scene, server_process
 from tests.onnx_fixtures import reference_logits
-from tests.server.conftest import ServerProcess, danet_serve_command, start_server
 
 SCENE = make_scene(40, 56)
 
@@ -59,7 +59,7 @@ def test_json_logs_carry_request_id(live_server: ServerProcess) -> None:
 
 
 def test_upload_limit_stops_reading_mid_stream(tmp_path: Path, tiny_onnx: Path) -> None:
-    server = start_server(tmp_path, ["--model", str(tiny_onnx), "--max-upload-bytes", "10000"])
+    server = server_process([tiny_onnx], "--max-upload-bytes", "10000").start()
     try:
         with socket.create_connection(("127.0.0.1", server.http_port), timeout=10) as sock:
             sock.sendall(
@@ -76,7 +76,7 @@ def test_upload_limit_stops_reading_mid_stream(tmp_path: Path, tiny_onnx: Path) 
         assert reply.startswith(b"HTTP/1.1 413"), reply
         assert b'"payload_too_large"' in reply
     finally:
-        assert server.terminate() == 0
+        assert server.stop() == 0
 
 
 def test_tritonclient_http(live_server: ServerProcess) -> None:
@@ -124,7 +124,7 @@ def test_metrics_endpoint_live(live_server: ServerProcess) -> None:
 
 
 def test_sigterm_finishes_in_flight_request_then_exits(tmp_path: Path, tiny_onnx: Path) -> None:
-    server = start_server(tmp_path, ["--model", str(tiny_onnx)])
+    server = server_process([tiny_onnx]).start()
     image = encode(make_scene(64, 64))
     result: dict[str, object] = {}
 
@@ -191,7 +191,7 @@ def test_invalid_configuration_exit_code(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(not DEFAULT_ONNX.is_file(), reason=f"embedded default model {DEFAULT_ONNX} not built yet")
 def test_no_arguments_serves_the_embedded_default_model(tmp_path: Path) -> None:
-    server = start_server(tmp_path, [])
+    server = server_process().start()
     try:
         image = make_scene(96, 128, seed=9)
         response = httpx.post(
@@ -206,4 +206,4 @@ def test_no_arguments_serves_the_embedded_default_model(tmp_path: Path) -> None:
         models = httpx.get(server.url + "/v1/models").json()["models"]
         assert models[0]["name"] == "danet-synthetic"
     finally:
-        assert server.terminate() == 0
+        assert server.stop() == 0

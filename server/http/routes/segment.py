@@ -125,6 +125,9 @@ async def segment(
     model: Annotated[
         str | None, Query(description="Model name (default: the server's default model).")
     ] = None,
+    version: Annotated[
+        str | None, Query(description="Model version (default: the newest ready version).")
+    ] = None,
     format: Annotated[
         Format | None,
         Query(
@@ -153,12 +156,13 @@ async def segment(
     chosen = negotiate_format(format, request.headers.get("accept"))
     options = SegmentOptions(mode=mode, scales=parse_scales(scales), flip=flip, max_size=max_size)
     options.validate()
-    info = engine.admit(model)  # 404 / 503 before reading the body
+    info = engine.admit(model, version)  # 404 / 503 before reading the body
     data, declared = await read_image_bytes(request, settings.max_upload_bytes)
     t1 = time.perf_counter()
     image = await asyncio.to_thread(decode_image, data, max_pixels=settings.max_pixels, content_type=declared)
     decode_ms = (time.perf_counter() - t1) * 1000
-    result = await engine.segment(info.name, image, options)
+    result = await engine.segment(info.name, image, options, version=version)
+    info = result.info or info  # the version that answered (a swap may have happened meanwhile)
     t2 = time.perf_counter()
     body, media = await asyncio.to_thread(_render, chosen, image, result, info, alpha, rle, options)
     timings = {"decode_ms": decode_ms, **result.timings, "encode_ms": (time.perf_counter() - t2) * 1000}
@@ -166,6 +170,7 @@ async def segment(
     headers = {
         "X-Danet-Provider": result.provider,
         "X-Danet-Model": result.model,
+        "X-Danet-Model-Version": result.version,
         "X-Danet-Inference-Ms": f"{result.timings.get('inference_ms', 0.0):.2f}",
     }
     if chosen == "json":
@@ -203,6 +208,7 @@ def _render(
             entry["rle"] = rle_encode(mask)
     payload: dict[str, Any] = {
         "model": result.model,
+        "version": result.version,
         "provider": result.provider,
         "width": int(labels.shape[1]),
         "height": int(labels.shape[0]),

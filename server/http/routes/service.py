@@ -36,10 +36,19 @@ async def readyz(engine: EngineDep) -> JSONResponse:
     return JSONResponse(body, status_code=503, headers={"Retry-After": "1"})
 
 
-@router.get("/v1/models", summary="Served models: classes, palette, provider, tensors")
+@router.get("/v1/models", summary="Served models (newest version; `versions` lists every ready one)")
 async def list_models(engine: EngineDep) -> dict[str, Any]:
     default = engine.default_model
-    return {"models": [{**info.to_dict(), "default": info.name == default} for info in engine.list_models()]}
+    return {
+        "models": [
+            {
+                **info.to_dict(),
+                "versions": [v.version for v in engine.versions(info.name)],
+                "default": info.name == default,
+            }
+            for info in engine.list_models()
+        ]
+    }
 
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)

@@ -51,7 +51,7 @@ class RawImage(_message.Message):
     def __init__(self, height: _Optional[int] = ..., width: _Optional[int] = ..., pixels: _Optional[bytes] = ...) -> None: ...
 
 class SegmentOptions(_message.Message):
-    __slots__ = ("model", "outputs", "label_encoding", "alpha", "mode", "scales", "flip", "max_size")
+    __slots__ = ("model", "outputs", "label_encoding", "alpha", "mode", "scales", "flip", "max_size", "version")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     OUTPUTS_FIELD_NUMBER: _ClassVar[int]
     LABEL_ENCODING_FIELD_NUMBER: _ClassVar[int]
@@ -60,6 +60,7 @@ class SegmentOptions(_message.Message):
     SCALES_FIELD_NUMBER: _ClassVar[int]
     FLIP_FIELD_NUMBER: _ClassVar[int]
     MAX_SIZE_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
     model: str
     outputs: _containers.RepeatedScalarFieldContainer[OutputKind]
     label_encoding: LabelEncoding
@@ -68,7 +69,8 @@ class SegmentOptions(_message.Message):
     scales: _containers.RepeatedScalarFieldContainer[float]
     flip: bool
     max_size: int
-    def __init__(self, model: _Optional[str] = ..., outputs: _Optional[_Iterable[_Union[OutputKind, str]]] = ..., label_encoding: _Optional[_Union[LabelEncoding, str]] = ..., alpha: _Optional[float] = ..., mode: _Optional[_Union[Mode, str]] = ..., scales: _Optional[_Iterable[float]] = ..., flip: _Optional[bool] = ..., max_size: _Optional[int] = ...) -> None: ...
+    version: str
+    def __init__(self, model: _Optional[str] = ..., outputs: _Optional[_Iterable[_Union[OutputKind, str]]] = ..., label_encoding: _Optional[_Union[LabelEncoding, str]] = ..., alpha: _Optional[float] = ..., mode: _Optional[_Union[Mode, str]] = ..., scales: _Optional[_Iterable[float]] = ..., flip: _Optional[bool] = ..., max_size: _Optional[int] = ..., version: _Optional[str] = ...) -> None: ...
 
 class SegmentRequest(_message.Message):
     __slots__ = ("id", "encoded", "raw", "options")
@@ -119,7 +121,7 @@ class Error(_message.Message):
     def __init__(self, code: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
 
 class SegmentResponse(_message.Message):
-    __slots__ = ("id", "model", "provider", "height", "width", "labels", "color_png", "overlay_png", "stats", "confidence", "timings_ms", "error")
+    __slots__ = ("id", "model", "provider", "height", "width", "labels", "color_png", "overlay_png", "stats", "confidence", "timings_ms", "error", "model_version")
     class TimingsMsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -139,6 +141,7 @@ class SegmentResponse(_message.Message):
     CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
     TIMINGS_MS_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     id: str
     model: str
     provider: str
@@ -151,7 +154,8 @@ class SegmentResponse(_message.Message):
     confidence: bytes
     timings_ms: _containers.ScalarMap[str, float]
     error: Error
-    def __init__(self, id: _Optional[str] = ..., model: _Optional[str] = ..., provider: _Optional[str] = ..., height: _Optional[int] = ..., width: _Optional[int] = ..., labels: _Optional[_Union[LabelMap, _Mapping]] = ..., color_png: _Optional[bytes] = ..., overlay_png: _Optional[bytes] = ..., stats: _Optional[_Iterable[_Union[ClassStat, _Mapping]]] = ..., confidence: _Optional[bytes] = ..., timings_ms: _Optional[_Mapping[str, float]] = ..., error: _Optional[_Union[Error, _Mapping]] = ...) -> None: ...
+    model_version: str
+    def __init__(self, id: _Optional[str] = ..., model: _Optional[str] = ..., provider: _Optional[str] = ..., height: _Optional[int] = ..., width: _Optional[int] = ..., labels: _Optional[_Union[LabelMap, _Mapping]] = ..., color_png: _Optional[bytes] = ..., overlay_png: _Optional[bytes] = ..., stats: _Optional[_Iterable[_Union[ClassStat, _Mapping]]] = ..., confidence: _Optional[bytes] = ..., timings_ms: _Optional[_Mapping[str, float]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., model_version: _Optional[str] = ...) -> None: ...
 
 class ListModelsRequest(_message.Message):
     __slots__ = ()
@@ -178,7 +182,7 @@ class TensorSpec(_message.Message):
     def __init__(self, name: _Optional[str] = ..., dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "classes", "palette", "provider", "inputs", "outputs", "metadata")
+    __slots__ = ("name", "classes", "palette", "provider", "inputs", "outputs", "metadata", "version", "versions")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -193,6 +197,8 @@ class ModelInfo(_message.Message):
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     OUTPUTS_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    VERSIONS_FIELD_NUMBER: _ClassVar[int]
     name: str
     classes: _containers.RepeatedScalarFieldContainer[str]
     palette: _containers.RepeatedCompositeFieldContainer[Color]
@@ -200,7 +206,9 @@ class ModelInfo(_message.Message):
     inputs: _containers.RepeatedCompositeFieldContainer[TensorSpec]
     outputs: _containers.RepeatedCompositeFieldContainer[TensorSpec]
     metadata: _containers.ScalarMap[str, str]
-    def __init__(self, name: _Optional[str] = ..., classes: _Optional[_Iterable[str]] = ..., palette: _Optional[_Iterable[_Union[Color, _Mapping]]] = ..., provider: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    version: str
+    versions: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., classes: _Optional[_Iterable[str]] = ..., palette: _Optional[_Iterable[_Union[Color, _Mapping]]] = ..., provider: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., version: _Optional[str] = ..., versions: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ListModelsResponse(_message.Message):
     __slots__ = ("models", "default_model")

@@ -1,0 +1,433 @@
+"""The model repository: which versions exist, which serve, and how one replaces another without downtime.
+
+The engine asks it for "the current session of (name, version)" (``lease``) and keeps queues, batching,
+execution and the segmentation pipeline to itself; this module discovers, loads, verifies, swaps and retires
+versions. Sources: ``--model FILE`` (each file one model, version "1", loaded once) or ``--model-repository
+DIR`` (Triton's layout, see ``server.versions``) with Triton's control modes ``none`` / ``explicit`` / ``poll``.
+
+A swap: the new version's session is built, checked against the contract and warmed up while the old one
+serves; one assignment under ``_lock`` makes it current; the old version is then out of reach for new
+requests, waits until the requests that hold it (``lease``) are done, and is released. A version that fails
+to load leaves the serving ones untouched and is listed UNAVAILABLE with the reason.
+
+Memory: every change (start-up, explicit load/unload, each poll) runs under one lock, ``_changes``, from the
+first byte of the new session to the release of the one it replaces. So at most one session is being built at
+a time in the whole server, and with ``latest:1`` a model never has more than its old and its new session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from server.batching import Batcher
+from server.errors import InvalidOption, ModelLoadError, ModelNotFound, NotReady
+from server.model import ModelInfo, describe_session, resolve_model_paths
+from server.providers import SessionHandle, create_session
+from server.settings import Settings
+from server.versions import Fingerprint, ModelDir, VersionFiles, parse_policy, read_model_dir, scan_repository
+
+logger = logging.getLogger(__name__)
+
+READY, LOADING, UNLOADING, UNAVAILABLE = "READY", "LOADING", "UNLOADING", "UNAVAILABLE"
+UNLOADED = "unloaded"
+
+
+@dataclass(eq=False)
+class LoadedVersion:
+    """A servable version: its session, its batcher (owned by the engine) and who is using it."""
+
+    info: ModelInfo
+    handle: SessionHandle
+    batcher: Batcher
+    use_io_binding: bool
+    fingerprint: Fingerprint = ()
+    _active: int = 0
+    _idle: threading.Condition = field(default_factory=threading.Condition)
+
+    def enter(self) -> None:
+        with self._idle:
+            self._active += 1
+
+    def leave(self) -> None:
+        with self._idle:
+            self._active -= 1
+            if self._active == 0:
+                self._idle.notify_all()
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Block until no request holds this version (True) or ``timeout`` passes (False)."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._active == 0, timeout)
+
+    def close(self, timeout: float) -> None:
+        self.batcher.close(timeout=timeout)
+
+
+@dataclass
+class VersionStatus:
+    state: str
+    reason: str = ""
+    fingerprint: Fingerprint = ()  # of the files the last attempt read: a failed version is retried on change
+
+
+class Runtime(Protocol):
+    """What the repository needs from the engine: wrap a session for execution, and warm it up."""
+
+    def attach(self, info: ModelInfo, handle: SessionHandle) -> LoadedVersion: ...
+
+    async def warm(self, entry: LoadedVersion) -> None: ...
+
+
+def _by_version(entries: dict[str, LoadedVersion]) -> dict[str, LoadedVersion]:
+    return dict(sorted(entries.items(), key=lambda item: int(item[0]) if item[0].isdigit() else 0))
+
+
+class ModelRepository:
+    def __init__(self, settings: Settings, runtime: Runtime) -> None:
+        self._settings = settings
+        self._runtime = runtime
+        self._root: Path | None = settings.model_repository
+        self._policy = parse_policy(settings.version_policy)
+        self._lock = threading.Lock()  # guards _served: lookups (any thread) against swaps
+        self._served: dict[str, dict[str, LoadedVersion]] = {}  # name -> version -> entry, oldest first
+        self._status: dict[str, dict[str, VersionStatus]] = {}
+        self._changes: asyncio.Lock | None = None
+        self._poller: asyncio.Task[None] | None = None
+        self.initialised = False
+
+    @property
+    def mode(self) -> str:
+        """``files`` (--model) or the control mode of the repository."""
+        return "files" if self._root is None else self._settings.model_control_mode
+
+    # --- reading (any thread) ---------------------------------------------------------------------
+    def names(self) -> list[str]:
+        with self._lock:
+            return list(self._served)
+
+    @property
+    def default_model(self) -> str | None:
+        with self._lock:
+            return self._settings.default_model or next(iter(self._served), None)
+
+    def current(self, name: str | None, version: str | None = None) -> LoadedVersion:
+        """The entry serving (name, version); no version = the newest ready one."""
+        with self._lock:
+            return self._pick(name, version)
+
+    def _pick(self, name: str | None, version: str | None) -> LoadedVersion:
+        if not self.initialised:
+            raise NotReady("models are still loading")
+        key = name or self._settings.default_model or next(iter(self._served), None)
+        versions = self._served.get(key) if key else None
+        if not versions:
+            if key is None:
+                raise ModelNotFound("no model is loaded")
+            raise ModelNotFound(f"model {key!r} is not served; available: {sorted(self._served)}")
+        if not version:
+            return versions[next(reversed(versions))]
+        entry = versions.get(version)
+        if entry is None:
+            raise ModelNotFound(f"model {key!r} has no ready version {version!r}; ready: {list(versions)}")
+        return entry
+
+    @contextlib.contextmanager
+    def lease(self, name: str | None, version: str | None = None) -> Iterator[LoadedVersion]:
+        """Hold (name, version) for one request: a replaced version is released only after its leases end."""
+        with self._lock:
+            entry = self._pick(name, version)
+            entry.enter()
+        try:
+            yield entry
+        finally:
+            entry.leave()
+
+    def versions(self, name: str) -> list[ModelInfo]:
+        with self._lock:
+            return [e.info for e in self._served.get(name, {}).values()]
+
+    def entries(self) -> list[LoadedVersion]:
+        with self._lock:
+            return [e for versions in self._served.values() for e in versions.values()]
+
+    def queue_depth(self, name: str) -> int:
+        with self._lock:
+            return sum(e.batcher.depth for e in self._served.get(name, {}).values())
+
+    def index(self, *, ready_only: bool = False) -> list[dict[str, str]]:
+        """Triton's repository index: one entry per known version; models never loaded by name only."""
+        names = set(self._status)
+        if self._root is not None and self._root.is_dir():
+            with contextlib.suppress(OSError, FileNotFoundError):
+                names |= set(scan_repository(self._root, self._policy))
+        rows: list[dict[str, str]] = []
+        for name in sorted(names):
+            statuses = self._status.get(name, {})
+            if not statuses and not ready_only:
+                rows.append({"name": name})
+            for version, status in sorted(statuses.items(), key=lambda kv: int(kv[0])):
+                if ready_only and status.state != READY:
+                    continue
+                row = {"name": name, "version": version, "state": status.state}
+                if status.reason:
+                    row["reason"] = status.reason
+                rows.append(row)
+        return rows
+
+    # --- changes (event loop) ---------------------------------------------------------------------
+    def _change_lock(self) -> asyncio.Lock:
+        if self._changes is None:
+            self._changes = asyncio.Lock()
+        return self._changes
+
+    async def load_initial(self) -> None:
+        """Start-up: every --model file, or the repository per control mode. Any failure: ModelLoadError."""
+        if self.initialised:
+            return
+        async with self._change_lock():
+            if self._root is None:
+                await asyncio.to_thread(self._load_files)
+            else:
+                await self._load_repository()
+            self.initialised = True
+
+    def _load_files(self) -> None:
+        loaded: dict[str, LoadedVersion] = {}
+        try:
+            for path in resolve_model_paths(list(self._settings.models)):
+                entry = self._build(path, None, "1", ())
+                name = entry.info.name
+                if name in loaded:
+                    raise ModelLoadError(
+                        f"two models are named {name!r} ({loaded[name].info.path} and {path}); "
+                        "rename a file or set different model_name metadata"
+                    )
+                loaded[name] = entry
+        except BaseException:
+            for entry in loaded.values():
+                entry.close(1.0)
+            raise
+        default = self._settings.default_model or next(iter(loaded))
+        if default not in loaded:
+            for entry in loaded.values():
+                entry.close(1.0)
+            raise ModelLoadError(f"default_model {default!r} is not among the loaded models {sorted(loaded)}")
+        with self._lock:
+            self._served = {name: {"1": entry} for name, entry in loaded.items()}
+        self._status = {name: {"1": VersionStatus(READY)} for name in loaded}
+
+    async def _load_repository(self) -> None:
+        assert self._root is not None
+        try:
+            found = scan_repository(self._root, self._policy)
+        except OSError as exc:
+            raise ModelLoadError(str(exc)) from exc
+        names = list(found)
+        if self.mode == "explicit":
+            wanted = list(self._settings.load_models)
+            names = names if "*" in wanted else wanted
+            missing = [n for n in names if n not in found]
+            if missing:
+                raise ModelLoadError(f"--load-model {missing}: not in the model repository {self._root}")
+        for name in names:
+            errors = await self._apply(name, found[name], warm=False, retry_failed=True)
+            if errors or not self._served.get(name):
+                raise ModelLoadError(
+                    f"model {name!r} in {self._root}: "
+                    + ("; ".join(errors) or "no version directory with a model.onnx under its version policy")
+                )
+
+    def _build(self, path: Path, name: str | None, version: str, fingerprint: Fingerprint) -> LoadedVersion:
+        """Blocking: session + contract check + the engine's batcher. Raises ModelLoadError."""
+        if not path.is_file():
+            raise ModelLoadError(f"{path} does not exist")
+        try:
+            handle = create_session(path, self._settings, label=str(path))
+        except ModelLoadError:
+            raise
+        except Exception as exc:  # anything onnxruntime says about an unreadable file
+            raise ModelLoadError(f"cannot load {path}: {exc}") from exc
+        info = describe_session(handle.session, path, handle.provider, fallback=handle.fallback)
+        info = dataclasses.replace(info, name=name or info.name, version=version)
+        entry = self._runtime.attach(info, handle)
+        entry.fingerprint = fingerprint
+        return entry
+
+    async def _build_version(self, name: str, files: VersionFiles, *, warm: bool) -> LoadedVersion:
+        entry = await asyncio.to_thread(self._build, files.model, name, files.version, files.fingerprint)
+        if warm:
+            try:
+                await self._runtime.warm(entry)
+            except BaseException:
+                await asyncio.to_thread(entry.close, 1.0)
+                raise
+        return entry
+
+    async def _apply(self, name: str, found: ModelDir | None, *, warm: bool, retry_failed: bool) -> list[str]:
+        """Bring ``name`` in line with ``found`` (None: the directory is gone). Returns the load errors."""
+        status = self._status.setdefault(name, {})
+        with self._lock:
+            current = dict(self._served.get(name, {}))
+        if found is not None and found.error:
+            logger.error("model %s: %s", name, found.error, extra={"model": name})
+            for version in current:
+                status[version].reason = found.error
+            if not current:
+                status["0"] = VersionStatus(UNAVAILABLE, found.error)
+            return [found.error]
+        status.pop("0", None)
+        wanted = found.wanted() if found is not None else []
+        fresh: dict[str, LoadedVersion] = {}
+        errors: list[str] = []
+        for version in wanted:
+            assert found is not None
+            files = found.versions[version]
+            old = current.get(version)
+            if old is not None and old.fingerprint == files.fingerprint:
+                continue
+            prior = status.get(version)
+            if (
+                not retry_failed
+                and prior is not None
+                and prior.state == UNAVAILABLE
+                and prior.reason != UNLOADED
+                and prior.fingerprint == files.fingerprint
+            ):
+                errors.append(f"version {version}: {prior.reason}")
+                continue  # the same broken files: not retried at every poll
+            if old is None:
+                status[version] = VersionStatus(LOADING, fingerprint=files.fingerprint)
+            try:
+                fresh[version] = await self._build_version(name, files, warm=warm)
+            except Exception as exc:
+                reason = str(exc) if isinstance(exc, ModelLoadError) else f"{type(exc).__name__}: {exc}"
+                errors.append(f"version {version}: {reason}")
+                logger.error("cannot load %s version %s: %s", name, version, reason, extra={"model": name})
+                if old is None:
+                    status[version] = VersionStatus(UNAVAILABLE, reason, files.fingerprint)
+                else:
+                    status[version].reason = f"reload failed, previous files still served: {reason}"
+        complete = not errors
+        keep = {v: e for v, e in current.items() if not complete or v in wanted}
+        served = _by_version({**keep, **fresh})
+        replaced = [e for v, e in current.items() if served.get(v) is not e]
+        if not fresh and not replaced:
+            return errors
+        with self._lock:  # the switch: one assignment, seen by every later lookup
+            if served:
+                self._served[name] = served
+            else:
+                self._served.pop(name, None)
+        for version in fresh:
+            status[version] = VersionStatus(
+                READY, fingerprint=found.versions[version].fingerprint if found else ()
+            )
+        if fresh or replaced:
+            logger.info(
+                "model %s now serves version(s) %s",
+                name,
+                list(served) or "none",
+                extra={"model": name, "versions": list(served)},
+            )
+        await self._retire(name, replaced, served)
+        return errors
+
+    async def _retire(
+        self, name: str, entries: list[LoadedVersion], served: dict[str, LoadedVersion]
+    ) -> None:
+        """Out of reach already: wait for the requests holding them, then release their sessions."""
+        status = self._status.setdefault(name, {})
+        for entry in entries:
+            version = entry.info.version
+            if version not in served:
+                status[version] = VersionStatus(UNLOADING)
+            drained = await asyncio.to_thread(entry.wait_idle, self._settings.request_timeout_s)
+            await asyncio.to_thread(entry.close, self._settings.shutdown_grace_s)
+            if version not in served:
+                status[version] = VersionStatus(UNAVAILABLE, UNLOADED)
+            logger.info(
+                "released %s version %s%s",
+                name,
+                version,
+                "" if drained else " (requests still running after request_timeout_s)",
+                extra={"model": name},
+            )
+
+    # --- the repository API (explicit mode) and polling -------------------------------------------
+    def _require_explicit(self) -> Path:
+        if self.mode != "explicit" or self._root is None:
+            hint = (
+                "explicit model load / unload is not allowed while polling the repository"
+                if self.mode == "poll"
+                else "model control is disabled (start danet-serve with --model-repository DIR "
+                "--model-control-mode explicit)"
+            )
+            raise InvalidOption(hint)
+        return self._root
+
+    async def load_model(self, name: str) -> None:
+        """Load (or reload) ``name`` from the repository; raise InvalidOption with the reason on failure."""
+        root = self._require_explicit()
+        path = root / name
+        if not path.is_dir() or path.name != name:
+            raise ModelNotFound(f"model {name!r} is not in the model repository {root}")
+        async with self._change_lock():
+            found = read_model_dir(path, self._policy)
+            if found.error is None and not found.wanted():
+                raise InvalidOption(
+                    f"failed to load {name!r}: no version directory with a model.onnx under its version "
+                    f"policy ({found.policy})"
+                )
+            errors = await self._apply(name, found, warm=True, retry_failed=True)
+        if errors:
+            raise InvalidOption(f"failed to load {name!r}: " + "; ".join(errors))
+
+    async def unload_model(self, name: str) -> None:
+        """Unload every version of ``name``: requests then get ModelNotFound."""
+        self._require_explicit()
+        async with self._change_lock():
+            if name not in self._status and name not in self._served:
+                raise ModelNotFound(f"model {name!r} is not loaded")
+            await self._apply(name, None, warm=False, retry_failed=False)
+
+    async def poll_once(self) -> None:
+        assert self._root is not None
+        async with self._change_lock():
+            found = scan_repository(self._root, self._policy)
+            for name in sorted(set(found) | set(self.names())):
+                await self._apply(name, found.get(name), warm=True, retry_failed=False)
+
+    def start_polling(self) -> None:
+        if self.mode == "poll" and self._poller is None:
+            self._poller = asyncio.get_running_loop().create_task(
+                self._poll_forever(), name="repository-poll"
+            )
+
+    async def _poll_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._settings.repository_poll_s)
+            try:
+                await self.poll_once()
+            except Exception:  # a bad scan must not end polling
+                logger.exception("model repository poll failed")
+
+    async def close(self, grace: float) -> None:
+        """Stop polling; let every version finish what is queued; release them."""
+        poller, self._poller = self._poller, None
+        if poller is not None:
+            poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError, RuntimeError):
+                await poller
+        entries = self.entries()
+        await asyncio.gather(*(asyncio.to_thread(e.close, grace) for e in entries))
+
+    def describe(self) -> dict[str, Any]:
+        return {"mode": self.mode, "root": str(self._root) if self._root else None}
