@@ -162,6 +162,7 @@ def test_queue_full_deadlines_and_cancellation(
         # Later requests get room (the settings object is read at each request).
         monkeypatch.setattr(server.engine.settings, "request_timeout_s", 60.0)
         worker.release.set()
+        wait_until(lambda: server.engine.queue_depth() == 0)  # B's slot is free once a worker popped it
         reply = stub.Segment(raw_request(image), timeout=30)
         assert reply.labels.data
         # A ran (it was already running) and D ran; B was dropped when a worker popped it: it had timed out.
@@ -172,4 +173,5 @@ def test_queue_full_deadlines_and_cancellation(
         code, _ = code_of(lambda: stub.Segment(raw_request(image), timeout=0.3))
         assert code == grpc.StatusCode.DEADLINE_EXCEEDED
         worker.release.set()
+        wait_until(lambda: server.engine.queue_depth() == 0)
         assert stub.Segment(raw_request(image), timeout=30).labels.data
