@@ -324,3 +324,16 @@ def test_slow_inference_is_504(app_factory) -> None:
         assert "0.2" in message
     finally:
         release.set()
+
+
+def test_multipart_field_file_is_accepted_like_image(client: TestClient) -> None:
+    files = {"file": ("scene.png", encode(SCENE), "image/png")}
+    response = client.post("/segment", params={"format": "index"}, files=files)
+    assert response.status_code == 200, response.text
+    np.testing.assert_array_equal(np.asarray(png_of(response)), EXPECTED)
+
+
+def test_multipart_with_both_image_and_file_is_422(client: TestClient) -> None:
+    both = {name: ("scene.png", encode(SCENE), "image/png") for name in ("image", "file")}
+    message = error_of(client.post("/segment", files=both), 422, "invalid_option")
+    assert "'image' and 'file'" in message

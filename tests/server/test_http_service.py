@@ -84,7 +84,9 @@ def test_docs_and_openapi(client: TestClient) -> None:
     operation = spec["paths"]["/segment"]["post"]
     params = {p["name"] for p in operation["parameters"]}
     assert {"model", "format", "alpha", "mode", "scales", "flip", "max_size", "rle"} <= params
-    assert "multipart/form-data" in operation["requestBody"]["content"]
+    multipart = operation["requestBody"]["content"]["multipart/form-data"]
+    assert set(multipart["schema"]["properties"]) == {"image", "file"}
+    assert "`file`" in operation["requestBody"]["description"]
     assert "/v2/models/{model}/infer" in spec["paths"]
 
 

@@ -31,13 +31,20 @@ router = APIRouter(tags=["segmentation"])
 Format = Literal["color", "index", "overlay", "json"]
 
 _IMAGE_SCHEMA = {"type": "string", "format": "binary"}
+#: Multipart field names that carry the image: ``image`` (ours) and ``file`` (curl/requests/browser habit).
+UPLOAD_FIELDS = ("image", "file")
 _REQUEST_BODY: dict[str, Any] = {
     "required": True,
-    "description": "The image: a multipart form with a file field `image`, or the raw image bytes "
-    "(JPEG, PNG, WebP, BMP, TIFF or GIF).",
+    "description": "The image: a multipart form with a file field `image` (or `file`, as many clients "
+    "name it; send one of the two), or the raw image bytes (JPEG, PNG, WebP, BMP, TIFF or GIF).",
     "content": {
         "multipart/form-data": {
-            "schema": {"type": "object", "required": ["image"], "properties": {"image": _IMAGE_SCHEMA}}
+            "schema": {
+                "type": "object",
+                "properties": {name: _IMAGE_SCHEMA for name in UPLOAD_FIELDS},
+                "minProperties": 1,
+                "maxProperties": 1,
+            }
         },
         **{
             kind: {"schema": _IMAGE_SCHEMA}
@@ -91,17 +98,21 @@ def parse_scales(text: str | None) -> tuple[float, ...]:
 
 
 async def read_image_bytes(request: Request, max_bytes: int) -> tuple[bytes, str | None]:
-    """The image bytes and their declared media type, from a multipart field ``image`` or the raw body.
+    """The image bytes and their declared media type, from a multipart field ``image`` or ``file``, or the
+    raw body.
 
     The body as a whole is capped while it streams in (``ServiceMiddleware``); the image part is capped
     here too, since a multipart body may carry a little more than the image."""
     content_type = request.headers.get("content-type")
     if media_type(content_type) == "multipart/form-data":
-        form = await request.form(max_files=1, max_fields=16)
+        form = await request.form(max_files=len(UPLOAD_FIELDS), max_fields=16)
         try:
-            upload = form.get("image")
+            uploads = [form.get(name) for name in UPLOAD_FIELDS if name in form]
+            if len(uploads) > 1:
+                raise InvalidOption("multipart body has both 'image' and 'file' fields; send one")
+            upload = uploads[0] if uploads else None
             if not isinstance(upload, UploadFile):
-                raise InvalidOption("multipart body has no file field named 'image'")
+                raise InvalidOption("multipart body has no file field named 'image' (or 'file')")
             if upload.size is not None and upload.size > max_bytes:
                 raise PayloadTooLarge(f"image of {upload.size} bytes exceeds the limit of {max_bytes} bytes")
             return await upload.read(), upload.content_type
