@@ -46,6 +46,26 @@ def test_lossy_and_gif_decode_to_rgb() -> None:
         assert np.abs(out.astype(int) - scene.astype(int)).mean() < 40
 
 
+@pytest.mark.parametrize("subsampling", [0, 2])
+@pytest.mark.parametrize("grey", [False, True])
+def test_jpeg_fast_path_gives_pillows_pixels(
+    monkeypatch: pytest.MonkeyPatch, subsampling: int, grey: bool
+) -> None:
+    import server.imaging as imaging
+
+    pytest.importorskip("simplejpeg")
+    scene = make_scene(24, 40)
+    data = encode(scene[:, :, 0] if grey else scene, "JPEG", quality=90, subsampling=subsampling)
+    expected = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+    calls: list[bytes] = []
+    real = imaging.simplejpeg.decode_jpeg  # type: ignore[union-attr]
+    monkeypatch.setattr(imaging.simplejpeg, "decode_jpeg", lambda d, **kw: calls.append(d) or real(d, **kw))
+    np.testing.assert_array_equal(decode(data), expected)
+    assert calls == [data]  # the fast path decoded it
+    monkeypatch.setattr(imaging, "simplejpeg", None)  # and without simplejpeg, Pillow gives the same
+    np.testing.assert_array_equal(decode(data), expected)
+
+
 def test_exif_orientation_is_applied() -> None:
     scene = make_scene(20, 30)
     exif = Image.Exif()
