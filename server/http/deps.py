@@ -1,4 +1,8 @@
-"""FastAPI dependency aliases: the engine and settings live on ``app.state`` (set by ``create_app``)."""
+"""FastAPI dependency aliases: the engine and settings live on ``app.state`` (set by ``create_app``).
+
+The getters are ``async def`` on purpose: FastAPI runs a plain ``def`` dependency in its thread pool, which
+cost every request two thread hand-offs (wake a worker, wait for it to wake the loop) for an attribute read.
+"""
 
 from __future__ import annotations
 
@@ -10,12 +14,12 @@ from server.engine import Engine
 from server.settings import Settings
 
 
-def get_engine(request: Request) -> Engine:
+async def get_engine(request: Request) -> Engine:
     engine: Engine = request.app.state.engine
     return engine
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
