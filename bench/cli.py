@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import machine, report
+from bench.images import IMAGE_KINDS
 from bench.isolate import run_isolated
 from bench.prepare import (
     PRECISIONS,
@@ -63,6 +64,14 @@ def _ints(text: str) -> list[int]:
     if not values or min(values) < 1:
         raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
     return values
+
+
+def _image_kinds(text: str) -> list[str]:
+    values = [v.strip() for v in text.split(",") if v.strip()]
+    bad = [v for v in values if v not in IMAGE_KINDS]
+    if not values or bad:
+        raise argparse.ArgumentTypeError(f"test images are {', '.join(IMAGE_KINDS)}; got {text!r}")
+    return list(dict.fromkeys(values))
 
 
 def _precisions(text: str) -> list[str]:
@@ -121,6 +130,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--http-format", default="color", choices=["color", "index"], help="POST /segment format"
     )
     how.add_argument("--http-upload", default="multipart", choices=["multipart", "raw"], help="request body")
+    how.add_argument(
+        "--images",
+        type=_image_kinds,
+        default=["scene"],
+        help="test images, comma-separated: scene (photo-like street scene), noise (uniform random pixels)",
+    )
+    how.add_argument(
+        "--upload-format",
+        default="png",
+        choices=["png", "jpeg"],
+        help="the file HTTP and gRPC upload (jpeg: quality 90; every path then gets its decoded pixels)",
+    )
     how.add_argument(
         "--server-env",
         action="append",
@@ -198,6 +219,8 @@ def plan_from(args: argparse.Namespace) -> Plan:
         seed=args.seed,
         server_env=_env_pairs(args.server_env),
         settle_s=max(0.0, args.settle_ms / 1000.0),
+        images=args.images,
+        upload_format=args.upload_format,
     )
 
 

@@ -14,9 +14,10 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from types import ModuleType, TracebackType
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
+import numpy as np
 
 from bench.stats import LatencyStats
 
@@ -74,6 +75,20 @@ class LoadResult:
 
 
 Call = Callable[[], Awaitable[Outcome]]
+
+
+class Segmenter(Protocol):
+    """What a measured server path needs from its client: open/close, one checked call, timed calls."""
+
+    async def __aenter__(self) -> Any: ...
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None: ...
+
+    async def check(self, size: tuple[int, int]) -> str: ...
+
+    async def __call__(self) -> Outcome: ...
 
 
 async def run_closed_loop(call: Call, *, concurrency: int, total: int) -> LoadResult:
@@ -142,6 +157,18 @@ class HttpSegmenter:
         files = {"image": ("image", self.image, self.content_type)}
         return await self.client.post("/segment", files=files, params=self.params, headers=self.headers)
 
+    async def check(self, size: tuple[int, int]) -> str:
+        """One request whose answer is checked (status, map size); returns the provider that ran it."""
+        from bench.images import decode
+
+        response = await self.request()
+        if response.status_code != 200:
+            raise RuntimeError(f"POST /segment answered {response.status_code}: {response.text[:300]}")
+        shape = decode(response.content).shape[:2]
+        if shape != size:
+            raise RuntimeError(f"POST /segment returned a {shape} map for a {size} image")
+        return response.headers.get("x-danet-provider", "")
+
     async def __call__(self) -> Outcome:
         t0 = time.perf_counter()
         try:
@@ -174,17 +201,20 @@ def grpc_channel_options(max_message_bytes: int = 256 * 1024 * 1024) -> list[tup
 
 
 class GrpcSegmenter:
-    """gRPC ``SegmentationService.Segment`` with a pre-encoded image (async context manager, then call).
+    """gRPC ``SegmentationService.Segment`` (async context manager, then call).
 
-    ``output`` names an ``OutputKind`` (``"COLOR"`` by default, the same PNG that REST returns).
+    ``image`` is an encoded file (bytes) or, for the raw-pixel path, a uint8 ``[H, W, 3]`` array sent as
+    ``RawImage``. ``output`` names an ``OutputKind`` (``"COLOR"`` by default, the same PNG that REST
+    returns); ``raw_labels`` asks for the class map as raw uint8 instead of a PNG.
     """
 
     def __init__(
         self,
         target: str,
-        image: bytes,
+        image: bytes | np.ndarray,
         *,
         output: str = "COLOR",
+        raw_labels: bool = False,
         model: str = "",
         timeout_s: float = 600.0,
         metadata: tuple[tuple[str, str], ...] = (),
@@ -197,9 +227,14 @@ class GrpcSegmenter:
         self.channel: Any = None
         self.stub: Any = None
         kind = pb2.OutputKind.Value(f"OUTPUT_KIND_{output.upper()}")
-        self.request_message: Any = pb2.SegmentRequest(
-            encoded=image, options=pb2.SegmentOptions(model=model, outputs=[kind])
-        )
+        encoding = pb2.LABEL_ENCODING_RAW if raw_labels else pb2.LABEL_ENCODING_PNG
+        options = pb2.SegmentOptions(model=model, outputs=[kind], label_encoding=encoding)
+        if isinstance(image, np.ndarray):
+            height, width = image.shape[:2]
+            raw = pb2.RawImage(height=height, width=width, pixels=np.ascontiguousarray(image).tobytes())
+            self.request_message: Any = pb2.SegmentRequest(raw=raw, options=options)
+        else:
+            self.request_message = pb2.SegmentRequest(encoded=image, options=options)
         self.timeout_s = timeout_s
         self.metadata = metadata
 
@@ -220,6 +255,12 @@ class GrpcSegmenter:
             self.request_message, timeout=self.timeout_s, metadata=self.metadata or None
         )
 
+    async def check(self, size: tuple[int, int]) -> str:
+        reply = await self.request()
+        if (reply.height, reply.width) != size:
+            raise RuntimeError(f"Segment returned {reply.height}x{reply.width} for a {size} image")
+        return str(reply.provider)
+
     async def __call__(self) -> Outcome:
         t0 = time.perf_counter()
         try:
@@ -228,3 +269,71 @@ class GrpcSegmenter:
             return Outcome(False, exc.code().name, time.perf_counter() - t0, detail=exc.details() or "")
         elapsed = time.perf_counter() - t0
         return Outcome(True, "OK", elapsed, reply.ByteSize())
+
+
+# --- KServe v2 over gRPC ------------------------------------------------------------------------------
+
+
+class KServeGrpcInfer:
+    """``inference.GRPCInferenceService/ModelInfer`` with the image as ``raw_input_contents`` (what
+    ``tritonclient.grpc`` sends), asking for ``outputs`` only (default: ``labels``)."""
+
+    def __init__(
+        self,
+        target: str,
+        image: np.ndarray,
+        *,
+        model: str,
+        outputs: tuple[str, ...] = ("labels",),
+        timeout_s: float = 600.0,
+    ) -> None:
+        import grpc
+
+        from protos.gen.inference import grpc_service_pb2 as pb
+        from protos.gen.inference import grpc_service_pb2_grpc as pb_grpc
+
+        self._grpc = grpc
+        self._pb_grpc = pb_grpc
+        self.target = target
+        self.channel: Any = None
+        self.stub: Any = None
+        self.timeout_s = timeout_s
+        batch = np.ascontiguousarray(image, dtype=np.uint8)[np.newaxis]
+        tensor = pb.ModelInferRequest.InferInputTensor(
+            name="image", datatype="UINT8", shape=list(batch.shape)
+        )
+        self.request_message: Any = pb.ModelInferRequest(
+            model_name=model,
+            inputs=[tensor],
+            outputs=[pb.ModelInferRequest.InferRequestedOutputTensor(name=name) for name in outputs],
+            raw_input_contents=[batch.tobytes()],
+        )
+
+    async def __aenter__(self) -> KServeGrpcInfer:
+        self.channel = self._grpc.aio.insecure_channel(self.target, options=grpc_channel_options())
+        self.stub = self._pb_grpc.GRPCInferenceServiceStub(self.channel)
+        await self.channel.channel_ready()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.channel.close()
+
+    async def request(self) -> Any:
+        return await self.stub.ModelInfer(self.request_message, timeout=self.timeout_s)
+
+    async def check(self, size: tuple[int, int]) -> str:
+        reply = await self.request()
+        shape = tuple(reply.outputs[0].shape) if reply.outputs else ()
+        if shape[1:3] != size:
+            raise RuntimeError(f"ModelInfer returned an output of shape {list(shape)} for a {size} image")
+        return ""
+
+    async def __call__(self) -> Outcome:
+        t0 = time.perf_counter()
+        try:
+            reply = await self.request()
+        except self._grpc.aio.AioRpcError as exc:
+            return Outcome(False, exc.code().name, time.perf_counter() - t0, detail=exc.details() or "")
+        return Outcome(True, "OK", time.perf_counter() - t0, reply.ByteSize())

@@ -37,6 +37,31 @@ def bench_image(height: int, width: int, *, seed: int = 0) -> np.ndarray:
     return np.clip(base + noise, 0, 255).astype(np.uint8)
 
 
+IMAGE_KINDS = ("scene", "noise")
+
+
+def test_image(kind: str, height: int, width: int, *, seed: int = 0) -> np.ndarray:
+    """``scene``: :func:`bench_image` (photo-like: smooth regions, edges, texture); ``noise``: uniform
+    random pixels (the worst case for PNG and JPEG codecs)."""
+    if kind == "scene":
+        return bench_image(height, width, seed=seed)
+    if kind == "noise":
+        return np.random.default_rng(seed).integers(0, 256, size=(height, width, 3), dtype=np.uint8)
+    raise ValueError(f"test image kinds are {', '.join(IMAGE_KINDS)}; got {kind!r}")
+
+
+def upload(image: np.ndarray, fmt: str) -> tuple[bytes, np.ndarray]:
+    """The file a client uploads (``png``, or ``jpeg`` at quality 90, what cameras and browsers send) and the
+    pixels it decodes to, which the in-process paths then get, so that every path sees the same pixels."""
+    if fmt == "png":
+        return encode(image), image
+    if fmt == "jpeg":
+        data = encode(image, "JPEG", quality=90)
+        with Image.open(io.BytesIO(data)) as img:
+            return data, np.ascontiguousarray(np.asarray(img.convert("RGB")))
+    raise ValueError(f"upload formats are png and jpeg; got {fmt!r}")
+
+
 def encode(image: np.ndarray, fmt: str = "PNG", **params: object) -> bytes:
     """Encode an RGB array as an image file (PNG by default: lossless, what the server must decode)."""
     buffer = io.BytesIO()

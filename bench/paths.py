@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from bench import worker
-from bench.clients import GrpcSegmenter, HttpSegmenter, run_closed_loop
+from bench.clients import Segmenter, run_closed_loop
 
 T = TypeVar("T")
 
@@ -85,9 +85,7 @@ class LoopThread:
 class ServerPath:
     """HTTP ``POST /segment`` or gRPC ``Segment`` through a running server (one persistent client)."""
 
-    def __init__(
-        self, key: str, loop: LoopThread, client: HttpSegmenter | GrpcSegmenter, size: tuple[int, int]
-    ) -> None:
+    def __init__(self, key: str, loop: LoopThread, client: Segmenter, size: tuple[int, int]) -> None:
         self.key = key
         self.precision = "fp32"
         self._loop = loop
@@ -97,20 +95,10 @@ class ServerPath:
 
     async def _check(self, size: tuple[int, int]) -> str:
         """One request whose answer is checked (size, status) before anything is timed."""
-        from bench.images import decode
-
-        if isinstance(self._client, HttpSegmenter):
-            response = await self._client.request()
-            if response.status_code != 200:
-                raise PathError(f"POST /segment answered {response.status_code}: {response.text[:300]}")
-            shape = decode(response.content).shape[:2]
-            if shape != size:
-                raise PathError(f"POST /segment returned a {shape} map for a {size} image")
-            return response.headers.get("x-danet-provider", "")
-        reply = await self._client.request()
-        if (reply.height, reply.width) != size:
-            raise PathError(f"Segment returned {reply.height}x{reply.width} for a {size} image")
-        return str(reply.provider)
+        try:
+            return await self._client.check(size)
+        except RuntimeError as exc:
+            raise PathError(str(exc)) from exc
 
     def call(self) -> float:
         outcome = self._loop.run(self._client())

@@ -18,16 +18,24 @@ from bench.stats import LatencyStats
 FLOOR = "floor"
 HTTP = "http"
 GRPC = "grpc"
+GRPC_RAW = "grpc-raw"
+KSERVE = "kserve"
 EAGER = "eager"
 PATH_LABELS = {
     FLOOR: "onnxruntime session.run (floor)",
     HTTP: "HTTP POST /segment",
     GRPC: "gRPC Segment",
+    GRPC_RAW: "gRPC Segment, raw pixels in, raw labels out",
+    KSERVE: "gRPC KServe v2 ModelInfer, labels only",
     EAGER: "PyTorch eager",
     "floor-int8": "onnxruntime int8",
     "floor-fp16": "onnxruntime fp16",
 }
 SERVER_PATHS = (HTTP, GRPC)
+#: Issue 15: the per-request cost. (path, p50 / floor limit at 512x512); every path <= 1.03x at 1024x2048.
+OVERHEAD_LIMITS = ((HTTP, 1.05), (GRPC_RAW, 1.03), (KSERVE, 1.03))
+LARGE_LIMIT = 1.03
+PEER_PREFIX = "peer-"
 REFERENCE_SIZE = (512, 512)
 LARGE_SIZE = (1024, 2048)
 RSS_LIMIT_BYTES = 1_200_000_000
@@ -52,6 +60,7 @@ class Row:
     note: str = ""
     ratio_p50: float | None = None  # p50 / floor p50
     ratio_throughput: dict[int, float] = field(default_factory=dict)  # throughput[c] / best floor throughput
+    image: str = "scene"  # the test image: "scene" (photo-like street scene) or "noise"
 
     @property
     def label(self) -> str:
@@ -73,20 +82,26 @@ class Row:
             "ratio_throughput_to_best_floor": {str(c): v for c, v in sorted(self.ratio_throughput.items())},
             "status": self.status,
             "note": self.note,
+            "image": self.image,
         }
 
 
-def _find(rows: Sequence[Row], model: str, size: tuple[int, int], path: str) -> Row | None:
+def _find(
+    rows: Sequence[Row], model: str, size: tuple[int, int], path: str, image: str | None = None
+) -> Row | None:
+    """The measured row; ``image=None`` takes the first image kind that has one."""
     for row in rows:
-        if row.model == model and row.size == size and row.path == path and row.status == "ok":
+        same = row.model == model and row.size == size and row.path == path
+        if same and row.status == "ok" and (image is None or row.image == image):
             return row
     return None
 
 
 def compute_ratios(rows: Sequence[Row]) -> None:
-    """Fill ``ratio_p50`` and ``ratio_throughput`` of every row from the fp32 floor of its model and size."""
+    """Fill ``ratio_p50`` and ``ratio_throughput`` of every row from the fp32 floor of its model, size and
+    test image."""
     for row in rows:
-        floor = _find(rows, row.model, row.size, FLOOR)
+        floor = _find(rows, row.model, row.size, FLOOR, row.image)
         if floor is None or floor.latency is None or row.latency is None:
             continue
         row.ratio_p50 = row.latency.p50 / floor.latency.p50
@@ -221,6 +236,46 @@ def evaluate_targets(rows: Sequence[Row]) -> list[Target]:
                     _status(r.peak_rss_bytes <= RSS_LIMIT_BYTES),
                 )
             )
+        targets += overhead_targets(rows, model)
+    return targets
+
+
+def _ratio_target(key: str, desc: str, row: Row | None, limit: float) -> Target:
+    if row is None or row.ratio_p50 is None or row.latency is None:
+        return Target(key, desc, f"<= {limit:.2f}x", "-", "N/A", "not measured")
+    measured = f"{row.ratio_p50:.3f}x ({row.latency.p50:.1f} ms)"
+    return Target(key, desc, f"<= {limit:.2f}x", measured, _status(row.ratio_p50 <= limit))
+
+
+def overhead_targets(rows: Sequence[Row], model: str) -> list[Target]:
+    """Issue 15, per test image: the server paths' p50 against the floor at 512x512 and 1024x2048, and
+    HTTP throughput at concurrency 4."""
+    targets: list[Target] = []
+    images = list(dict.fromkeys(r.image for r in rows if r.model == model))
+    for image in images:
+        for size, limits in (
+            (REFERENCE_SIZE, OVERHEAD_LIMITS),
+            (LARGE_SIZE, tuple((p, LARGE_LIMIT) for p, _ in OVERHEAD_LIMITS)),
+        ):
+            if not any(r.model == model and r.size == size and r.image == image for r in rows):
+                continue
+            at = f"{model} {size_text(size)}, {image}"
+            for path, limit in limits:
+                row = _find(rows, model, size, path, image)
+                desc = f"{PATH_LABELS[path]} p50 vs floor ({at})"
+                targets.append(_ratio_target(f"{path}-p50-{size_text(size)}-{image}", desc, row, limit))
+            http = _find(rows, model, size, HTTP, image)
+            if size == REFERENCE_SIZE and http is not None and 4 in http.ratio_throughput:
+                ratio = http.ratio_throughput[4]
+                targets.append(
+                    Target(
+                        f"http-c4-{image}",
+                        f"{PATH_LABELS[HTTP]} throughput at concurrency 4 vs floor ({at})",
+                        ">= 0.95x",
+                        f"{ratio:.3f}x ({http.throughput[4]:.2f}/s)",
+                        _status(ratio >= 0.95),
+                    )
+                )
     return targets
 
 
@@ -251,13 +306,14 @@ def markdown(
                 "rounds",
                 "concurrency",
                 "http_format",
+                "upload_format",
                 "schedule",
             )
             or (k == "server_env" and v)
         )
     )
     lines.append("")
-    head = ["model", "size", "path", "provider", "p50 ms", "p95 ms", "p99 ms"]
+    head = ["model", "size", "image", "path", "provider", "p50 ms", "p95 ms", "p99 ms"]
     head += [f"req/s c={c}" for c in concurrencies]
     head += ["peak RSS MB (one at a time)", "p50 / floor", "c=4 thr / best floor", "agreement"]
     lines.append("| " + " | ".join(head) + " |")
@@ -266,7 +322,7 @@ def markdown(
         if r.status != "ok":
             continue
         lat = r.latency
-        cells = [r.model, size_text(r.size), r.label, r.provider or "-"]
+        cells = [r.model, size_text(r.size), r.image, r.label, r.provider or "-"]
         cells += [
             _fmt(lat.p50 if lat else None),
             _fmt(lat.p95 if lat else None),
@@ -279,7 +335,7 @@ def markdown(
         lines.append("| " + " | ".join(cells) + " |")
     lines += [
         "",
-        "### Targets (issue 7)",
+        "### Targets (issues 7 and 15)",
         "",
         "| target | required | measured | result |",
         "|---|---|---|---|",

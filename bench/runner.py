@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 
 from bench import report, worker
-from bench.clients import GrpcSegmenter, HttpSegmenter
-from bench.images import bench_image, encode
+from bench.clients import GrpcSegmenter, HttpSegmenter, KServeGrpcInfer
+from bench.images import test_image, upload
 from bench.paths import LoopThread, MeasuredPath, ServerPath, WorkerPath
 from bench.prepare import PreparedModel
 from bench.report import Row
@@ -31,7 +31,16 @@ from bench.stats import LatencyStats
 
 logger = logging.getLogger(__name__)
 
-ORDER = [report.FLOOR, "floor-int8", "floor-fp16", report.EAGER, report.HTTP, report.GRPC]
+ORDER = [
+    report.FLOOR,
+    "floor-int8",
+    "floor-fp16",
+    report.EAGER,
+    report.HTTP,
+    report.GRPC,
+    report.GRPC_RAW,
+    report.KSERVE,
+]
 
 
 @dataclass
@@ -57,6 +66,8 @@ class Plan:
     #: slower than one started 100 ms later.
     settle_s: float = 0.1
     server_env: dict[str, str] = field(default_factory=dict)  # extra DANET_* settings for the server
+    images: list[str] = field(default_factory=lambda: ["scene"])  # test image kinds (bench.images)
+    upload_format: str = "png"  # the file HTTP and gRPC (encoded) upload: png | jpeg
 
     def levels(self, size: tuple[int, int]) -> list[int]:
         """Concurrency levels (> 1) measured at ``size``."""
@@ -87,6 +98,8 @@ class Plan:
             "schedule": "interleaved",
             "settle_ms": round(self.settle_s * 1000),
             "server_env": self.server_env,
+            "images": self.images,
+            "upload_format": self.upload_format,
         }
 
 
@@ -195,19 +208,35 @@ def _open_paths(
     if server is not None and loop is not None:
         connections = max(plan.concurrency) + 4
         output = "COLOR" if plan.http_format == "color" else "INDEX"
+        content_type = f"image/{plan.upload_format}"
         if plan.http:
             http = HttpSegmenter(
                 server.http_url,
                 png,
+                content_type=content_type,
                 params={"format": plan.http_format},
                 upload=plan.http_upload,
                 max_connections=connections,
             )
             attempt(report.HTTP, "fp32", lambda: ServerPath(report.HTTP, loop, http, size))
         if plan.grpc:
-            grpc_client = GrpcSegmenter(server.grpc_target, png, output=output)
-            attempt(report.GRPC, "fp32", lambda: ServerPath(report.GRPC, loop, grpc_client, size))
+            target = server.grpc_target
+            clients = {
+                report.GRPC: GrpcSegmenter(target, png, output=output),
+                report.GRPC_RAW: GrpcSegmenter(target, image, output="INDEX", raw_labels=True),
+                report.KSERVE: KServeGrpcInfer(target, image, model=server_model_name(server)),
+            }
+            for key, client in clients.items():
+                attempt(key, "fp32", lambda k=key, c=client: ServerPath(k, loop, c, size))
     return paths
+
+
+def server_model_name(server: ServerProcess) -> str:
+    """The name the server gave the model (KServe v2 addresses models by name)."""
+    import httpx
+
+    models = httpx.get(f"{server.http_url}/v1/models", timeout=30.0).json()["models"]
+    return str(models[0]["name"])
 
 
 def _schedule(
@@ -264,14 +293,16 @@ def measure_size(
     plan: Plan,
     server: ServerProcess | None,
     loop: LoopThread | None,
+    kind: str = "scene",
 ) -> list[Row]:
-    label = f"[{model.name} {report.size_text(size)}]"
-    image = bench_image(*size, seed=plan.seed)
-    png = encode(image)
+    label = f"[{model.name} {report.size_text(size)} {kind}]"
+    png, image = upload(test_image(kind, *size, seed=plan.seed), plan.upload_format)
     rows: list[Row] = []
     server_reset = server.reset_peak() if server is not None else False
     logger.info("%s starting paths", label)
     paths = _open_paths(model, size, image, png, plan, server, loop, rows)
+    for row in rows:  # the paths that could not start
+        row.image = kind
     collected = _Collector()
     try:
         logger.info(
@@ -302,6 +333,7 @@ def measure_size(
                         path.provider,
                         status="error",
                         note=collected.errors[path.key],
+                        image=kind,
                     )
                 )
                 continue
@@ -317,6 +349,7 @@ def measure_size(
                 path.provider,
                 latency=LatencyStats.from_seconds(durations) if durations else None,
                 throughput=throughput,
+                image=kind,
             )
             row.peak_rss_bytes = collected.peaks.get(path.key)
             if isinstance(path, ServerPath):
@@ -358,7 +391,8 @@ def run_benchmark(model: PreparedModel, plan: Plan) -> list[Row]:
             server = None
     try:
         for size in plan.sizes:
-            rows += measure_size(model, size, plan, server, loop)
+            for kind in plan.images:
+                rows += measure_size(model, size, plan, server, loop, kind)
     finally:
         if loop is not None:
             loop.close()
@@ -367,7 +401,8 @@ def run_benchmark(model: PreparedModel, plan: Plan) -> list[Row]:
             if code != 0:
                 logger.warning("danet-serve exited with %s:\n%s", code, server.log_tail(20))
     order = {p: i for i, p in enumerate(ORDER)}
-    rows.sort(key=lambda r: (r.size[0] * r.size[1], order.get(r.path, 99)))
+    kinds = {k: i for i, k in enumerate(plan.images)}
+    rows.sort(key=lambda r: (r.size[0] * r.size[1], kinds.get(r.image, 99), order.get(r.path, 99)))
     report.compute_ratios(rows)
     return rows
 

@@ -46,15 +46,19 @@ def test_tiny_run_writes_table_and_json(tmp_path: Path, capsys: pytest.CaptureFi
             str(out),
             "--markdown",
             str(tmp_path / "bench.md"),
+            "--images",
+            "scene,noise",
         ]
     )
     assert code == 0
     printed = capsys.readouterr().out
-    assert "| tiny | 32x48 | HTTP POST /segment |" in printed
+    assert "| tiny | 32x48 | scene | HTTP POST /segment |" in printed
+    assert "| tiny | 32x48 | noise | HTTP POST /segment |" in printed
     document = json.loads(out.read_text())
-    rows = {r["path"]: r for r in document["results"] if r["status"] == "ok"}
-    assert {"floor", "http", "grpc"} <= set(rows)
-    for path in ("http", "grpc"):
+    assert {r["image"] for r in document["results"] if r["status"] == "ok"} == {"scene", "noise"}
+    rows = {r["path"]: r for r in document["results"] if r["status"] == "ok" and r["image"] == "noise"}
+    assert {"floor", "http", "grpc", "grpc-raw", "kserve"} <= set(rows)
+    for path in ("http", "grpc", "grpc-raw", "kserve"):
         assert rows[path]["latency_ms"]["n"] == 3
         assert rows[path]["ratio_p50_to_floor"] > 0
         assert set(rows[path]["throughput_rps"]) == {"1", "2"}
@@ -62,6 +66,8 @@ def test_tiny_run_writes_table_and_json(tmp_path: Path, capsys: pytest.CaptureFi
     assert rows["floor"]["ratio_p50_to_floor"] == pytest.approx(1.0)
     statuses = {t["key"]: t["status"] for t in document["targets"]}
     assert statuses["http-p50"] in ("PASS", "MISS")
+    # issue 15's per-image targets (the tiny run's only size stands in for neither 512x512 nor 1024x2048)
+    assert not any(key.startswith("kserve-p50") for key in statuses)
     assert statuses["ort-vs-eager"] == "N/A"  # the tiny model has no checkpoint
     assert document["machine"]["cores"] >= 1
     assert (tmp_path / "bench.md").read_text() == printed.rstrip("\n") + "\n" or "danet-bench" in (

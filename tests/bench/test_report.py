@@ -122,3 +122,25 @@ def test_markdown_and_json_show_everything(tmp_path: Path) -> None:
     assert len(document["results"]) == len(rows)
     assert {t["status"] for t in document["targets"]} >= {"PASS", "MISS"}
     assert document["results"][1]["ratio_p50_to_floor"] == pytest.approx(1.08)
+
+
+def test_overhead_targets_per_test_image() -> None:
+    size, large = (512, 512), (1024, 2048)
+    rows = []
+    for image, http_ms in (("scene", 104.0), ("noise", 112.0)):
+        rows += [
+            Row("m", size, report.FLOOR, latency=_lat(100.0), throughput={1: 10.0}, image=image),
+            Row("m", size, report.HTTP, latency=_lat(http_ms), throughput={1: 9.0, 4: 9.6}, image=image),
+            Row("m", size, report.GRPC_RAW, latency=_lat(102.0), image=image),
+            Row("m", large, report.FLOOR, latency=_lat(1000.0), image=image),
+            Row("m", large, report.KSERVE, latency=_lat(1040.0), image=image),
+        ]
+    report.compute_ratios(rows)
+    assert rows[1].ratio_p50 == pytest.approx(1.04) and rows[6].ratio_p50 == pytest.approx(1.12)
+    targets = _by_key(report.overhead_targets(rows, "m"))
+    assert targets["http-p50-512x512-scene"].status == "PASS"  # 1.04 <= 1.05
+    assert targets["http-p50-512x512-noise"].status == "MISS"  # 1.12
+    assert targets["grpc-raw-p50-512x512-scene"].status == "PASS"  # 1.02 <= 1.03
+    assert targets["kserve-p50-512x512-scene"].status == "N/A"
+    assert targets["kserve-p50-1024x2048-noise"].status == "MISS"  # 1.04 > 1.03
+    assert targets["http-c4-scene"].status == "PASS"  # 0.96
