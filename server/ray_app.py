@@ -4,6 +4,7 @@ Each replica is one Ray actor that does exactly what ``danet-serve`` does, ``set
 ``engine = Engine(settings)`` -> ``await engine.start()`` -> ``create_app(settings, engine)``, and the Serve
 proxy forwards HTTP to that FastAPI app unchanged (every route, error and header is the same code path).
 The only addition is ``replica_id``, which makes the app answer with an ``X-Danet-Replica`` header.
+gRPC goes through Serve's gRPC proxy to the same servicers as danet-serve's gRPC port (server/ray_grpc.py).
 
 Overload stays a clean 503 + Retry-After: a replica accepts at most ``max_queue`` requests at once (Serve's
 ``max_ongoing_requests``), each proxy queues at most ``max_queue`` more when every replica is full
@@ -25,7 +26,10 @@ from ray.serve import Application
 from ray.serve.config import BackpressureConfig
 
 from server.engine import Engine
+from server.grpc.kserve import KServeServicer
+from server.grpc.segmentation import SegmentationServicer
 from server.http.app import create_app
+from server.ray_grpc import GrpcForwarding, register_message_modules
 from server.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -41,14 +45,20 @@ def replica_name() -> str:
     return f"{context.replica_id.unique_id}@{node[:12]}"
 
 
-class DanetReplica:
-    """One replica = one Engine (one onnxruntime session per model on this actor's CPU or GPU)."""
+class DanetReplica(GrpcForwarding):
+    """One replica = one Engine (one onnxruntime session per model on this actor's CPU or GPU), served over
+    HTTP by the FastAPI app and over gRPC (Serve's gRPC proxy) by the gRPC servicers (server/ray_grpc.py)."""
 
     async def __init__(self, overrides: dict[str, Any]) -> None:  # type: ignore[misc]  # Serve awaits it
         # DANET_* variables of the replica's runtime_env apply here too, as for danet-serve.
         self.settings = Settings(**{**overrides, "replica_id": replica_name()})
         self.engine = Engine(self.settings)
         await self.engine.start()  # load + warm up: Serve routes to a replica only once this returns
+        register_message_modules()  # gRPC messages travel pickled between the proxy and this replica
+        self._segmentation = SegmentationServicer(self.settings, self.engine)
+        self._kserve = KServeServicer(self.settings, self.engine)
+        key = self.settings.api_key_value()
+        self._api_key = key.encode("utf-8") if key is not None else None
         logger.info("replica %s ready", self.settings.replica_id)
 
     def __serve_build_asgi_app__(self) -> FastAPI:

@@ -38,6 +38,7 @@ SERVE_CLI = Path(sys.executable).parent / "serve"
 class ServeCluster:
     cluster: Cluster
     http_port: int
+    grpc_port: int
     model: Path
     config_dir: Path
     deploys: int = field(default=0)
@@ -57,6 +58,7 @@ class ServeCluster:
         """deploy/ray/serve.yaml with the test's port, proxy, model and placement."""
         config: dict[str, Any] = yaml.safe_load(SERVE_CONFIG.read_text(encoding="utf-8"))
         config["http_options"] = {"host": "127.0.0.1", "port": self.http_port}
+        config["grpc_options"]["port"] = self.grpc_port
         config["proxy_location"] = "HeadOnly"  # every node shares 127.0.0.1: one proxy, on the head
         app = config["applications"][0]
         app["args"] = {
@@ -113,7 +115,9 @@ class ServeCluster:
         ray.kill(ray.get_actor(names[0], namespace="serve"), no_restart=True)
 
 
-def start_cluster(model: Path, http_port: int, config_dir: Path, workers: int = 2) -> ServeCluster:
+def start_cluster(
+    model: Path, http_port: int, grpc_port: int, config_dir: Path, workers: int = 2
+) -> ServeCluster:
     cluster = Cluster(initialize_head=True, head_node_args={**NODE, "num_cpus": 1})
     try:
         for _ in range(workers):
@@ -123,7 +127,9 @@ def start_cluster(model: Path, http_port: int, config_dir: Path, workers: int = 
     except BaseException:
         cluster.shutdown()
         raise
-    return ServeCluster(cluster=cluster, http_port=http_port, model=model, config_dir=config_dir)
+    return ServeCluster(
+        cluster=cluster, http_port=http_port, grpc_port=grpc_port, model=model, config_dir=config_dir
+    )
 
 
 def stop_cluster(serve_cluster: ServeCluster) -> None:

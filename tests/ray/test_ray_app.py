@@ -44,3 +44,14 @@ def test_builder_refuses_unknown_or_invalid_settings() -> None:
         ray_app.build_app({"max_queue": 0})
     app = ray_app.build_app({"max_queue": 5})
     assert type(app).__name__ == "Application"
+
+
+def test_serve_config_registers_both_grpc_services() -> None:
+    from server import ray_grpc
+
+    config = ServeDeploySchema.model_validate(yaml.safe_load(SERVE_CONFIG.read_text(encoding="utf-8")))
+    assert tuple(config.grpc_options.grpc_servicer_functions) == ray_grpc.SERVICER_FUNCTIONS
+    # one replica method per RPC of both services, named as the RPC (how the proxy finds it)
+    for service in ray_grpc._SERVICES.values():
+        for method in service.methods:
+            assert callable(getattr(ray_app.DanetReplica, method.name)), method.name

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import grpc
 import httpx
 import numpy as np
 import onnxruntime as ort
@@ -33,7 +34,9 @@ REQUEST_TIMEOUT_S = 30.0  # far above any answer here: reaching it means a reque
 
 @pytest.fixture(scope="module")
 def cluster(tiny_onnx: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeCluster]:
-    serve_cluster = start_cluster(tiny_onnx, free_port(), tmp_path_factory.mktemp("serve-config"))
+    serve_cluster = start_cluster(
+        tiny_onnx, free_port(), free_port(), tmp_path_factory.mktemp("serve-config")
+    )
     try:
         serve_cluster.deploy({}, FIXED, replicas=2)
         yield serve_cluster
@@ -80,6 +83,39 @@ def test_segment_and_tritonclient_equal_onnxruntime(cluster: ServeCluster, expec
         np.testing.assert_array_equal(result.as_numpy("labels")[0], expected)
     finally:
         triton.close()
+
+
+def test_grpc_services_through_the_serve_grpc_proxy(cluster: ServeCluster, expected: np.ndarray) -> None:
+    from protos.gen.danet.segmentation.v1 import segmentation_pb2 as seg
+    from protos.gen.danet.segmentation.v1 import segmentation_pb2_grpc as seg_grpc
+    from protos.gen.inference import grpc_service_pb2 as v2
+    from protos.gen.inference import grpc_service_pb2_grpc as v2_grpc
+
+    with grpc.insecure_channel(f"127.0.0.1:{cluster.grpc_port}") as channel:
+        stub = seg_grpc.SegmentationServiceStub(channel)
+        reply = stub.Segment(seg.SegmentRequest(id="a", encoded=encode(SCENE)), timeout=REQUEST_TIMEOUT_S)
+        np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(reply.labels.data))), expected)
+        assert [m.name for m in stub.ListModels(seg.ListModelsRequest(), timeout=30).models] == ["tiny"]
+        frames = [seg.SegmentRequest(id=str(i), encoded=encode(SCENE)) for i in range(3)]
+        replies = list(stub.SegmentStream(iter(frames), timeout=REQUEST_TIMEOUT_S))
+        assert [r.id for r in replies] == ["0", "1", "2"] and not any(r.HasField("error") for r in replies)
+        with pytest.raises(grpc.RpcError) as bad:  # the servicer's status code and message come through
+            stub.Segment(seg.SegmentRequest(id="b", encoded=b"not an image"), timeout=REQUEST_TIMEOUT_S)
+        assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT, bad.value.details()
+
+        kserve = v2_grpc.GRPCInferenceServiceStub(channel)
+        assert kserve.ServerReady(v2.ServerReadyRequest(), timeout=30).ready
+        request = v2.ModelInferRequest(model_name="tiny")
+        request.inputs.add(name="image", datatype="UINT8", shape=[1, *SCENE.shape])
+        request.raw_input_contents.append(SCENE[None].tobytes())
+        request.outputs.add(name="labels")
+        response = kserve.ModelInfer(request, timeout=REQUEST_TIMEOUT_S)
+        (output,) = response.outputs
+        labels = np.frombuffer(response.raw_output_contents[0], dtype=np.uint8).reshape(list(output.shape))
+        np.testing.assert_array_equal(labels[0], expected)
+        with pytest.raises(grpc.RpcError) as missing:
+            kserve.ModelMetadata(v2.ModelMetadataRequest(name="nope"), timeout=30)
+        assert missing.value.code() == grpc.StatusCode.NOT_FOUND
 
 
 def replicas_answering(cluster: ServeCluster, requests: int = 24) -> Counter[str]:
