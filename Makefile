@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PY := $(BIN)/python
 
-.PHONY: run test lint typecheck static pytest load protos train export-default bench clean
+.PHONY: run test lint typecheck static pytest load protos train export-default bench peers clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +51,14 @@ export-default: $(VENV)/.dev
 
 bench: $(VENV)/.dev
 	$(BIN)/danet-bench $(ARGS)
+
+# danet-bench --peers: KServe and LitServe in their own environment (KServe pins protobuf < 7, which
+# danet-serve's stubs cannot share). Not part of `make test`; the peer tests skip without it.
+peers: .venv-peers/.installed
+.venv-peers/.installed: bench/peers/requirements.txt
+	$(PYTHON) -m venv .venv-peers
+	.venv-peers/bin/pip install --quiet -r bench/peers/requirements.txt
+	touch $@
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -24,6 +24,7 @@ from typing import Any
 from bench import machine, report
 from bench.images import IMAGE_KINDS
 from bench.isolate import run_isolated
+from bench.peers import PEERS
 from bench.prepare import (
     PRECISIONS,
     PreparedModel,
@@ -71,6 +72,14 @@ def _image_kinds(text: str) -> list[str]:
     bad = [v for v in values if v not in IMAGE_KINDS]
     if not values or bad:
         raise argparse.ArgumentTypeError(f"test images are {', '.join(IMAGE_KINDS)}; got {text!r}")
+    return list(dict.fromkeys(values))
+
+
+def _peer_kinds(text: str) -> list[str]:
+    values = [v.strip() for v in text.split(",") if v.strip()]
+    bad = [v for v in values if v not in PEERS]
+    if bad:
+        raise argparse.ArgumentTypeError(f"peers are {', '.join(PEERS)}; got {bad}")
     return list(dict.fromkeys(values))
 
 
@@ -149,6 +158,16 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="extra danet-serve setting for the run, e.g. DANET_CPU_MEM_ARENA=true (repeatable)",
     )
+    peers = parser.add_argument_group("peers: the same ONNX behind other servers (make peers installs them)")
+    peers.add_argument(
+        "--peers",
+        type=_peer_kinds,
+        default=[],
+        help=f"comma-separated, of: {', '.join(PEERS)} (KServe model server over v2 gRPC; LitServe over HTTP)",
+    )
+    peers.add_argument(
+        "--peer-python", type=Path, help="the peers' interpreter (default: .venv-peers/bin/python)"
+    )
     skip = parser.add_argument_group("skip parts (for short runs)")
     skip.add_argument("--skip-http", action="store_true")
     skip.add_argument("--skip-grpc", action="store_true")
@@ -221,6 +240,8 @@ def plan_from(args: argparse.Namespace) -> Plan:
         settle_s=max(0.0, args.settle_ms / 1000.0),
         images=args.images,
         upload_format=args.upload_format,
+        peers=args.peers,
+        peer_python=str(args.peer_python) if args.peer_python else None,
     )
 
 

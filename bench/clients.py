@@ -123,6 +123,7 @@ class HttpSegmenter:
         content_type: str = "image/png",
         params: Mapping[str, str] | None = None,
         upload: str = "multipart",
+        path: str = "/segment",
         max_connections: int = 64,
         timeout_s: float = 600.0,
         headers: Mapping[str, str] | None = None,
@@ -133,6 +134,7 @@ class HttpSegmenter:
         self.content_type = content_type
         self.params = dict(params or {})
         self.upload = upload
+        self.path = path
         self.headers = dict(headers or {})
         limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
         self.client = httpx.AsyncClient(base_url=base_url, timeout=timeout_s, limits=limits)
@@ -149,13 +151,13 @@ class HttpSegmenter:
         """One request; raises httpx errors (for callers that want the body)."""
         if self.upload == "raw":
             return await self.client.post(
-                "/segment",
+                self.path,
                 content=self.image,
                 params=self.params,
                 headers={**self.headers, "content-type": self.content_type},
             )
         files = {"image": ("image", self.image, self.content_type)}
-        return await self.client.post("/segment", files=files, params=self.params, headers=self.headers)
+        return await self.client.post(self.path, files=files, params=self.params, headers=self.headers)
 
     async def check(self, size: tuple[int, int]) -> str:
         """One request whose answer is checked (status, map size); returns the provider that ran it."""
@@ -163,10 +165,10 @@ class HttpSegmenter:
 
         response = await self.request()
         if response.status_code != 200:
-            raise RuntimeError(f"POST /segment answered {response.status_code}: {response.text[:300]}")
+            raise RuntimeError(f"POST {self.path} answered {response.status_code}: {response.text[:300]}")
         shape = decode(response.content).shape[:2]
         if shape != size:
-            raise RuntimeError(f"POST /segment returned a {shape} map for a {size} image")
+            raise RuntimeError(f"POST {self.path} returned a {shape} map for a {size} image")
         return response.headers.get("x-danet-provider", "")
 
     async def __call__(self) -> Outcome:

@@ -30,6 +30,8 @@ PATH_LABELS = {
     EAGER: "PyTorch eager",
     "floor-int8": "onnxruntime int8",
     "floor-fp16": "onnxruntime fp16",
+    "peer-kserve": "peer: KServe model server, v2 gRPC ModelInfer, labels only",
+    "peer-litserve": "peer: LitServe POST /predict (upload in, palette PNG out)",
 }
 SERVER_PATHS = (HTTP, GRPC)
 #: Issue 15: the per-request cost. (path, p50 / floor limit at 512x512); every path <= 1.03x at 1024x2048.

@@ -16,6 +16,7 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,6 +25,7 @@ from bench import report, worker
 from bench.clients import GrpcSegmenter, HttpSegmenter, KServeGrpcInfer
 from bench.images import test_image, upload
 from bench.paths import LoopThread, MeasuredPath, ServerPath, WorkerPath
+from bench.peers import PeerProcess, start_peers
 from bench.prepare import PreparedModel
 from bench.report import Row
 from bench.server_proc import ServerProcess
@@ -40,6 +42,8 @@ ORDER = [
     report.GRPC,
     report.GRPC_RAW,
     report.KSERVE,
+    "peer-litserve",
+    "peer-kserve",
 ]
 
 
@@ -68,6 +72,8 @@ class Plan:
     server_env: dict[str, str] = field(default_factory=dict)  # extra DANET_* settings for the server
     images: list[str] = field(default_factory=lambda: ["scene"])  # test image kinds (bench.images)
     upload_format: str = "png"  # the file HTTP and gRPC (encoded) upload: png | jpeg
+    peers: list[str] = field(default_factory=list)  # bench.peers.PEERS to measure alongside
+    peer_python: str | None = None  # the peers' interpreter (default: .venv-peers/bin/python)
 
     def levels(self, size: tuple[int, int]) -> list[int]:
         """Concurrency levels (> 1) measured at ``size``."""
@@ -100,6 +106,7 @@ class Plan:
             "server_env": self.server_env,
             "images": self.images,
             "upload_format": self.upload_format,
+            "peers": self.peers,
         }
 
 
@@ -151,6 +158,7 @@ def _open_paths(
     server: ServerProcess | None,
     loop: LoopThread | None,
     rows: list[Row],
+    peers: Sequence[PeerProcess] = (),
 ) -> list[MeasuredPath]:
     """Start every path for this size; the ones that cannot start become error/skipped rows."""
     paths: list[MeasuredPath] = []
@@ -228,6 +236,10 @@ def _open_paths(
             }
             for key, client in clients.items():
                 attempt(key, "fp32", lambda k=key, c=client: ServerPath(k, loop, c, size))
+    if loop is not None:
+        for peer in peers:
+            client = peer.client(image, png, f"image/{plan.upload_format}")
+            attempt(peer.key, "fp32", lambda k=peer.key, c=client: ServerPath(k, loop, c, size))
     return paths
 
 
@@ -294,13 +306,14 @@ def measure_size(
     server: ServerProcess | None,
     loop: LoopThread | None,
     kind: str = "scene",
+    peers: Sequence[PeerProcess] = (),
 ) -> list[Row]:
     label = f"[{model.name} {report.size_text(size)} {kind}]"
     png, image = upload(test_image(kind, *size, seed=plan.seed), plan.upload_format)
     rows: list[Row] = []
     server_reset = server.reset_peak() if server is not None else False
     logger.info("%s starting paths", label)
-    paths = _open_paths(model, size, image, png, plan, server, loop, rows)
+    paths = _open_paths(model, size, image, png, plan, server, loop, rows, peers)
     for row in rows:  # the paths that could not start
         row.image = kind
     collected = _Collector()
@@ -316,6 +329,8 @@ def measure_size(
         def read_peaks(live: list[MeasuredPath]) -> None:
             server_peak = server.peak_rss_bytes() if server is not None else None
             for path in live:
+                if path.key.startswith(report.PEER_PREFIX):
+                    continue  # another process: its memory is not danet-serve's
                 collected.peaks[path.key] = server_peak if isinstance(path, ServerPath) else path.peak_rss()
 
         _schedule(paths, plan, size, collected, label, after_sequential=read_peaks)
@@ -352,7 +367,9 @@ def measure_size(
                 image=kind,
             )
             row.peak_rss_bytes = collected.peaks.get(path.key)
-            if isinstance(path, ServerPath):
+            if path.key.startswith(report.PEER_PREFIX):
+                pass
+            elif isinstance(path, ServerPath):
                 row.note = "peak RSS: the server process, HTTP and gRPC together" + (
                     "" if server_reset else ", since start-up"
                 )
@@ -375,12 +392,12 @@ def run_benchmark(model: PreparedModel, plan: Plan) -> list[Row]:
     rows: list[Row] = []
     server: ServerProcess | None = None
     loop: LoopThread | None = None
+    peers: list[PeerProcess] = []
     if plan.http or plan.grpc:
         logger.info("[%s] starting danet-serve (%s)", model.name, ", ".join(plan.providers))
         server = ServerProcess([model.onnx], env=server_env(plan), grpc=plan.grpc, ready_timeout_s=1800)
         try:
             server.start()
-            loop = LoopThread()
         except Exception as exc:
             note = _one_line(exc)
             logger.error("danet-serve did not start: %s", note)
@@ -390,16 +407,36 @@ def run_benchmark(model: PreparedModel, plan: Plan) -> list[Row]:
             ]
             server = None
     try:
+        if plan.peers:
+            logger.info("[%s] starting peers: %s", model.name, ", ".join(plan.peers))
+            python = Path(plan.peer_python) if plan.peer_python else None
+            peers, failed = start_peers(plan.peers, model.onnx, plan.threads, python)
+            for key, note in failed.items():
+                logger.warning("%s not measured: %s", key, note)
+                rows += [
+                    Row(model.name, size, key, status="skipped", note=note, image=kind)
+                    for size in plan.sizes
+                    for kind in plan.images
+                ]
+        if server is not None or peers:
+            loop = LoopThread()
         for size in plan.sizes:
             for kind in plan.images:
-                rows += measure_size(model, size, plan, server, loop, kind)
+                rows += measure_size(model, size, plan, server, loop, kind, peers)
     finally:
         if loop is not None:
             loop.close()
+        for peer in peers:
+            peer.stop()
         if server is not None:
             code = server.stop()
             if code != 0:
                 logger.warning("danet-serve exited with %s:\n%s", code, server.log_tail(20))
+    for peer in peers:
+        versions = ", ".join(f"{name} {version}" for name, version in peer.versions.items())
+        for row in rows:
+            if row.path == peer.key and row.status == "ok":
+                row.note = versions
     order = {p: i for i, p in enumerate(ORDER)}
     kinds = {k: i for i, k in enumerate(plan.images)}
     rows.sort(key=lambda r: (r.size[0] * r.size[1], kinds.get(r.image, 99), order.get(r.path, 99)))
