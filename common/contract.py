@@ -27,6 +27,10 @@ META_PREFERRED_SIZE = "preferred_size"  # JSON [height, width] the model was tra
 META_EXPORTER_VERSION = "exporter_version"
 META_PRECISION = "precision"  # "fp32" | "fp16" | "int8"
 META_MODEL_NAME = "model_name"  # suggested serving name
+# Evaluation defaults for tta=official|mmseg (optional): JSON int N, or [a, b]
+META_EVAL_BASE_SIZE = "eval_base_size"  # official: long side at scale 1; mmseg: Resize scale (long, short)
+META_EVAL_CROP_SIZE = "eval_crop_size"  # sliding-window crop (height, width)
+META_EVAL_STRIDE = "eval_stride"  # sliding-window stride (height, width)
 
 # --- Network ----------------------------------------------------------------
 DEFAULT_HTTP_PORT = 8000

@@ -19,6 +19,8 @@ from pathlib import Path
 
 EXIT_VERIFICATION = 1
 EXIT_INPUT = 2
+#: The official DANet evaluation of its released Cityscapes model (base size 2048, crop 768).
+OFFICIAL_CITYSCAPES_EVAL = (2048, 768)
 
 
 def _multi_grid(text: str) -> tuple[int, ...]:
@@ -42,6 +44,26 @@ def _size(text: str) -> tuple[int, int]:
     if height < 8 or width < 8:
         raise argparse.ArgumentTypeError(f"sizes must be at least 8x8, got {text!r}")
     return height, width
+
+
+def _eval_size(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of pixels such as 768, got {text!r}") from None
+    if not 8 <= value <= 8192:
+        raise argparse.ArgumentTypeError(f"expected 8 to 8192 pixels, got {value}")
+    return value
+
+
+def eval_defaults(args: argparse.Namespace, source_format: str) -> tuple[int | None, int | None]:
+    """--eval-base-size / --eval-crop-size, else the official Cityscapes evaluation's for an official
+    checkpoint exported with --classes cityscapes, else none (the server then uses its own defaults)."""
+    base, crop = args.eval_base_size, args.eval_crop_size
+    if source_format == "official" and str(args.classes or "").lower() == "cityscapes":
+        base = base if base is not None else OFFICIAL_CITYSCAPES_EVAL[0]
+        crop = crop if crop is not None else OFFICIAL_CITYSCAPES_EVAL[1]
+    return base, crop
 
 
 def _fraction(text: str) -> float:
@@ -73,6 +95,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--name", help="model name in the metadata and Triton (default: output file stem)")
     parser.add_argument("--preferred-size", type=_size, metavar="HxW", help="preferred inference size")
+    parser.add_argument(
+        "--eval-base-size",
+        type=_eval_size,
+        metavar="N",
+        help="default base size of the server's tta=official|mmseg (official Cityscapes checkpoint: 2048)",
+    )
+    parser.add_argument(
+        "--eval-crop-size",
+        type=_eval_size,
+        metavar="N",
+        help="default sliding-window crop of tta=official|mmseg (official Cityscapes checkpoint: 768)",
+    )
     parser.add_argument("--fp16", action="store_true", help="also write <stem>.fp16.onnx (GPU providers)")
     parser.add_argument("--int8", action="store_true", help="also write <stem>.int8.onnx (static QDQ, CPU)")
     parser.add_argument(
@@ -184,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
                 multi_grid=args.multi_grid,
                 classes=args.classes,
             )
+            eval_base, eval_crop = eval_defaults(args, loaded.source_format)
             report = export_onnx(
                 loaded,
                 output,
@@ -197,6 +232,8 @@ def main(argv: list[str] | None = None) -> int:
                 opset=args.opset or DEFAULT_OPSET,
                 name=args.name,
                 preferred_size=args.preferred_size,
+                eval_base_size=eval_base,
+                eval_crop_size=eval_crop,
                 atol=args.atol,
                 min_agreement=args.min_agreement,
                 fp16_min_agreement=args.fp16_min_agreement,

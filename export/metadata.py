@@ -17,6 +17,8 @@ import onnx
 from common.contract import (
     META_ARCHITECTURE,
     META_CLASSES,
+    META_EVAL_BASE_SIZE,
+    META_EVAL_CROP_SIZE,
     META_EXPORTER_VERSION,
     META_MEAN,
     META_MODEL_NAME,
@@ -64,6 +66,8 @@ class ModelDescription:
     precision: str  # "fp32" | "fp16" | "int8"
     exporter_version: str
     preferred_size: tuple[int, int] | None = None
+    eval_base_size: int | None = None  # defaults of the server's tta=official|mmseg
+    eval_crop_size: int | None = None
 
     @property
     def classes(self) -> list[str]:
@@ -98,6 +102,10 @@ class ModelDescription:
             META_PRECISION: self.precision,
             META_MODEL_NAME: self.model_name,
         }
+        if self.eval_base_size is not None:
+            values[META_EVAL_BASE_SIZE] = self.eval_base_size
+        if self.eval_crop_size is not None:
+            values[META_EVAL_CROP_SIZE] = self.eval_crop_size
         return {key: json.dumps(value, separators=(",", ":")) for key, value in values.items()}
 
 

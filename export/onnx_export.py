@@ -233,6 +233,8 @@ def export_onnx(
     opset: int = DEFAULT_OPSET,
     name: str | None = None,
     preferred_size: tuple[int, int] | None = None,
+    eval_base_size: int | None = None,
+    eval_crop_size: int | None = None,
     verify_shapes: Sequence[tuple[int, int, int]] = DEFAULT_VERIFY_SHAPES,
     atol: float = 1e-3,
     min_agreement: float = 0.9999,
@@ -275,6 +277,8 @@ def export_onnx(
             precision=precision,
             exporter_version=exporter_version(opset),
             preferred_size=preferred_size,
+            eval_base_size=eval_base_size,
+            eval_crop_size=eval_crop_size,
         )
 
     stage("trace")

@@ -27,37 +27,12 @@ from server.model import ModelInfo, TensorSpec
 from server.providers import CPU, SessionHandle
 from server.repository import LoadedVersion, ModelRepository
 from server.settings import Settings, parse_size
-from server.tiling import inference_size, labels_and_confidence, resize_logits, scaled_size, slide_windows
+from server.tiling import inference_size, labels_and_confidence
+from server.tta import LogitsFn, SegmentOptions, own_logits, plan_preset, run_preset
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["Engine", "ModelInfo", "SegmentOptions", "SegmentResult", "TensorSpec"]
-
-MODES = ("whole", "slide")
-MAX_SCALES = 8
-
-
-@dataclass(frozen=True)
-class SegmentOptions:
-    mode: str = "whole"  # "whole" | "slide"
-    scales: tuple[float, ...] = (1.0,)
-    flip: bool = False
-    max_size: int | None = None  # longest inference side; None = the server's max_inference_size
-
-    def validate(self) -> None:
-        if self.mode not in MODES:
-            raise InvalidOption(f"mode must be one of {list(MODES)}, got {self.mode!r}")
-        if not self.scales or len(self.scales) > MAX_SCALES:
-            raise InvalidOption(f"scales must list 1 to {MAX_SCALES} values, got {len(self.scales)}")
-        for scale in self.scales:
-            if not (0.1 <= scale <= 4.0):
-                raise InvalidOption(f"each scale must be within [0.1, 4.0], got {scale}")
-        if self.max_size is not None and self.max_size < 8:
-            raise InvalidOption(f"max_size must be >= 8, got {self.max_size}")
-
-    @property
-    def needs_logits(self) -> bool:
-        return self.mode == "slide" or self.flip or tuple(self.scales) != (1.0,)
 
 
 @dataclass
@@ -70,6 +45,7 @@ class SegmentResult:
     inference_size: tuple[int, int] = (0, 0)  # (height, width) the model saw at scale 1
     version: str = "1"  # the version that answered
     info: ModelInfo | None = None  # its classes and palette (they may differ between versions)
+    preset: dict[str, Any] | None = None  # tta=official|mmseg: the parameters it ran with
 
 
 _Loaded = LoadedVersion  # one servable version (server.repository)
@@ -346,7 +322,7 @@ class Engine:
         info = entry.info
         if options.needs_logits and not info.has_logits:
             raise InvalidOption(
-                f"model {info.name!r} has no {OUTPUT_LOGITS!r} output, which mode=slide, scales and flip need; "
+                f"model {info.name!r} has no {OUTPUT_LOGITS!r} output, which mode=slide, scales, flip and tta need; "
                 "re-export it with danet-export --logits or use mode=whole without test-time augmentation"
             )
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
@@ -357,6 +333,8 @@ class Engine:
                 f"image of {height * width} pixels exceeds the limit of {self.settings.max_pixels}"
             )
         timings: dict[str, float] = {}
+        if options.tta is not None:
+            return await self._segment_preset(entry, image, options, timings)
         t0 = time.perf_counter()
         max_size = options.max_size if options.max_size is not None else self.settings.max_inference_size
         work_size = inference_size(height, width, max_size)
@@ -375,7 +353,10 @@ class Engine:
             timings["inference_ms"] = (time.perf_counter() - t1) * 1000
             t2 = time.perf_counter()
         else:
-            fused = await self._fused_logits(entry, work, options)
+            crop = self._slide_crop(info)
+            ratio = self.settings.slide_stride_ratio
+            stride = (max(1, round(crop[0] * ratio)), max(1, round(crop[1] * ratio)))
+            fused = await own_logits(work, self._logits_fn(entry), options, crop, stride)
             timings["inference_ms"] = (time.perf_counter() - t1) * 1000
             t2 = time.perf_counter()
             labels, confidence = await asyncio.to_thread(labels_and_confidence, fused)
@@ -393,55 +374,38 @@ class Engine:
             inference_size=work_size,
         )
 
-    async def _fused_logits(self, entry: _Loaded, work: np.ndarray, options: SegmentOptions) -> np.ndarray:
-        """Sum of logits over scales x flips (each resized to the work size), like the official evaluation."""
-        height, width = work.shape[:2]
+    async def _segment_preset(
+        self, entry: _Loaded, image: np.ndarray, options: SegmentOptions, timings: dict[str, float]
+    ) -> SegmentResult:
+        """tta=official|mmseg on the image as uploaded: the procedure sets every size itself."""
+        info = entry.info
+        plan = plan_preset(
+            options,
+            image.shape[:2],
+            info.eval_defaults,
+            preferred_size=info.preferred_size,
+            align_corners=info.align_corners,
+            max_pixels=self.settings.max_pixels,
+        )
+        t1 = time.perf_counter()
+        labels, confidence = await run_preset(plan, image, self._logits_fn(entry))
+        timings["inference_ms"] = (time.perf_counter() - t1) * 1000
+        return SegmentResult(
+            model=info.name,
+            labels=np.ascontiguousarray(labels.astype(np.uint8 if info.num_classes <= 256 else np.uint16)),
+            confidence=np.ascontiguousarray(confidence, dtype=np.float32),
+            timings=timings,
+            provider=entry.handle.provider,
+            inference_size=tuple(image.shape[:2]),
+            preset=plan.to_dict(),
+        )
 
-        async def one(scale: float, flip: bool) -> np.ndarray:
-            size = (height, width) if scale == 1.0 else scaled_size(height, width, scale)
-            picture = resize_rgb(work, size)
-            if flip:
-                picture = np.ascontiguousarray(picture[:, ::-1])
-            logits = await self._logits(entry, picture, options.mode)
-            if flip:
-                logits = logits[:, :, ::-1]
-            return await asyncio.to_thread(resize_logits, logits, (height, width))
-
-        variants = [(s, f) for s in options.scales for f in ((False, True) if options.flip else (False,))]
-        parts = await asyncio.gather(*(one(s, f) for s, f in variants))
-        fused = parts[0].copy() if len(parts) > 1 else parts[0]
-        for part in parts[1:]:
-            fused += part
-        return fused / len(parts)
-
-    async def _logits(self, entry: _Loaded, picture: np.ndarray, mode: str) -> np.ndarray:
-        if mode == "whole":
+    def _logits_fn(self, entry: _Loaded) -> LogitsFn:
+        async def logits(picture: np.ndarray) -> np.ndarray:
             out = await self._infer(entry, picture[None], [OUTPUT_LOGITS])
             return out[OUTPUT_LOGITS][0].astype(np.float32, copy=False)
-        return await self._slide_logits(entry, picture)
 
-    async def _slide_logits(self, entry: _Loaded, picture: np.ndarray) -> np.ndarray:
-        """Overlapping crops, logits averaged where they overlap. Crops have one shape, so they batch."""
-        height, width = picture.shape[:2]
-        crop = self._slide_crop(entry.info)
-        stride = (
-            max(1, round(crop[0] * self.settings.slide_stride_ratio)),
-            max(1, round(crop[1] * self.settings.slide_stride_ratio)),
-        )
-        windows = slide_windows(height, width, crop, stride)
-        results = await asyncio.gather(
-            *(
-                self._infer(entry, np.ascontiguousarray(picture[None, y0:y1, x0:x1]), [OUTPUT_LOGITS])
-                for y0, y1, x0, x1 in windows
-            )
-        )
-        channels = results[0][OUTPUT_LOGITS].shape[1]
-        total = np.zeros((channels, height, width), dtype=np.float32)
-        count = np.zeros((height, width), dtype=np.float32)
-        for (y0, y1, x0, x1), out in zip(windows, results, strict=True):
-            total[:, y0:y1, x0:x1] += out[OUTPUT_LOGITS][0]
-            count[y0:y1, x0:x1] += 1.0
-        return total / count[None]
+        return logits
 
     def _slide_crop(self, info: ModelInfo) -> tuple[int, int]:
         if self.settings.slide_crop is not None:

@@ -18,7 +18,11 @@ import numpy as np
 from common.contract import (
     DEFAULT_ONNX,
     INPUT_IMAGE,
+    META_ARCHITECTURE,
     META_CLASSES,
+    META_EVAL_BASE_SIZE,
+    META_EVAL_CROP_SIZE,
+    META_EVAL_STRIDE,
     META_MEAN,
     META_MODEL_NAME,
     META_PALETTE,
@@ -78,6 +82,8 @@ class ModelInfo:
     mean: tuple[float, float, float] | None = None
     version: str = "1"
     fallback: bool = False  # a GPU provider was requested but the model runs on CPU
+    eval_defaults: dict[str, tuple[int, int]] = field(default_factory=dict)  # base_size, crop_size, stride
+    align_corners: bool = False  # of the graph's final upsampling (MMSegmentation's resize back follows it)
 
     @property
     def num_classes(self) -> int:
@@ -211,6 +217,19 @@ def describe_session(session: Any, path: Path, provider: str, *, fallback: bool 
     mean = None
     if isinstance(mean_raw, list) and len(mean_raw) == 3:
         mean = (float(mean_raw[0]), float(mean_raw[1]), float(mean_raw[2]))
+    eval_defaults = {
+        option: size
+        for option, key in (
+            ("base_size", META_EVAL_BASE_SIZE),
+            ("crop_size", META_EVAL_CROP_SIZE),
+            ("stride", META_EVAL_STRIDE),
+        )
+        if (size := _eval_size(metadata.get(key))) is not None
+    }
+    architecture = metadata.get(META_ARCHITECTURE)
+    align_corners = (
+        bool(architecture.get("align_corners", False)) if isinstance(architecture, dict) else False
+    )
     name = metadata.get(META_MODEL_NAME)
     if not isinstance(name, str) or not name.strip():
         name = path.stem
@@ -226,4 +245,15 @@ def describe_session(session: Any, path: Path, provider: str, *, fallback: bool 
         preferred_size=preferred_size,
         mean=mean,
         fallback=fallback,
+        eval_defaults=eval_defaults,
+        align_corners=align_corners,
     )
+
+
+def _eval_size(value: Any) -> tuple[int, int] | None:
+    """An eval_* metadata value (N or [a, b], positive integers) as a pair; anything else is ignored."""
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return (value, value)
+    if isinstance(value, list) and len(value) == 2 and all(isinstance(v, int) and v > 0 for v in value):
+        return (int(value[0]), int(value[1]))
+    return None

@@ -43,11 +43,17 @@ def slide_windows(
     return windows
 
 
-def _interp_matrix(src: int, dst: int) -> np.ndarray:
-    """[dst, src] bilinear weights, half-pixel centres (PyTorch align_corners=False, no antialias)."""
+def _interp_matrix(src: int, dst: int, align_corners: bool = False) -> np.ndarray:
+    """[dst, src] bilinear weights as PyTorch's ``F.interpolate(mode="bilinear", antialias=False)``:
+    half-pixel centres clamped at the borders (``align_corners=False``, also OpenCV's INTER_LINEAR), or
+    corner pixels aligned (``align_corners=True``)."""
     if src == dst:
         return np.eye(dst, dtype=np.float32)
-    pos = (np.arange(dst, dtype=np.float64) + 0.5) * (src / dst) - 0.5
+    if align_corners:
+        step = (src - 1) / (dst - 1) if dst > 1 else 0.0
+        pos = np.arange(dst, dtype=np.float64) * step
+    else:
+        pos = (np.arange(dst, dtype=np.float64) + 0.5) * (src / dst) - 0.5
     pos = np.clip(pos, 0, src - 1)
     lo = np.floor(pos).astype(np.int64)
     hi = np.minimum(lo + 1, src - 1)
@@ -59,15 +65,30 @@ def _interp_matrix(src: int, dst: int) -> np.ndarray:
     return matrix
 
 
-def resize_logits(logits: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+def resize_logits(logits: np.ndarray, size: tuple[int, int], align_corners: bool = False) -> np.ndarray:
     """Bilinear resize of ``[C, h, w]`` to ``[C, *size]``."""
     channels, height, width = logits.shape
     if (height, width) == tuple(size):
         return logits.astype(np.float32, copy=False)
-    ry = _interp_matrix(height, size[0])
-    rx = _interp_matrix(width, size[1])
+    ry = _interp_matrix(height, size[0], align_corners)
+    rx = _interp_matrix(width, size[1], align_corners)
     out = np.matmul(ry[None], logits.astype(np.float32, copy=False))  # [C, H, w]
     return np.matmul(out, rx.T[None])  # [C, H, W]
+
+
+def resize_image(image: np.ndarray, size: tuple[int, int], align_corners: bool = False) -> np.ndarray:
+    """Bilinear resize of a uint8 ``[h, w, 3]`` image in float, rounded back to uint8 (no antialiasing).
+
+    The procedures that resize normalised float images differ from this only by that final rounding:
+    bilinear weights sum to one, so resizing commutes with the per-channel normalisation in the graph."""
+    height, width = image.shape[:2]
+    if (height, width) == tuple(size):
+        return image
+    ry = _interp_matrix(height, size[0], align_corners)
+    rx = _interp_matrix(width, size[1], align_corners)
+    rows = np.matmul(ry, image.reshape(height, -1).astype(np.float32)).reshape(size[0], width, 3)
+    out = np.matmul(rx[None], rows)  # [H, W, 3]
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
 def labels_and_confidence(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

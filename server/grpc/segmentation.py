@@ -11,16 +11,19 @@ from typing import Any
 
 import grpc
 import numpy as np
+from google.protobuf import unknown_fields
+from google.protobuf.message import Message
 
 from protos.gen.danet.segmentation.v1 import segmentation_pb2 as pb
 from protos.gen.danet.segmentation.v1 import segmentation_pb2_grpc as pb_grpc
 from server import imaging
-from server.engine import Engine, ModelInfo, SegmentOptions, SegmentResult
+from server.engine import Engine, ModelInfo, SegmentResult
 from server.errors import DanetError, InvalidImage, InvalidOption, NotReady, PayloadTooLarge
 from server.grpc.deadlines import within_deadline
 from server.grpc.errors import status_for, translate_errors, translate_stream_errors
 from server.grpc.streaming import ordered_replies
 from server.settings import Settings
+from server.tta import SegmentOptions
 
 logger = logging.getLogger(__name__)
 
@@ -30,20 +33,60 @@ DEFAULT_OUTPUTS = (pb.OUTPUT_KIND_INDEX, pb.OUTPUT_KIND_STATS)
 _MODES = {pb.MODE_UNSPECIFIED: "whole", pb.MODE_WHOLE: "whole", pb.MODE_SLIDE: "slide"}
 _KNOWN_OUTPUTS = frozenset(pb.OutputKind.values()) - {pb.OUTPUT_KIND_UNSPECIFIED}
 _LABEL_ENCODINGS = frozenset(pb.LabelEncoding.values())
+_PRESETS = {
+    pb.TEST_TIME_AUGMENTATION_UNSPECIFIED: None,
+    pb.TEST_TIME_AUGMENTATION_OFFICIAL: "official",
+    pb.TEST_TIME_AUGMENTATION_MMSEG: "mmseg",
+}
 
 
 def _little_endian(array: np.ndarray) -> bytes:
     return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
 
 
+def reject_unknown_fields(message: Message) -> None:
+    """A field number this server's schema lacks (a newer client's option) is an error, not ignored."""
+    fields: Any = unknown_fields.UnknownFieldSet(message)  # iterable; the stubs say otherwise
+    numbers = sorted({field.field_number for field in fields})
+    if numbers:
+        known = ", ".join(f"{f.name} = {f.number}" for f in message.DESCRIPTOR.fields)
+        raise InvalidOption(
+            f"unknown field number(s) {numbers} in {message.DESCRIPTOR.name}; this server's "
+            f"{message.DESCRIPTOR.full_name} has: {known}"
+        )
+
+
+def _size_option(values: Any, name: str) -> int | tuple[int, int] | None:
+    sizes = [int(v) for v in values]
+    if len(sizes) > 2:
+        raise InvalidOption(f"{name} takes one or two values, got {sizes}")
+    if not sizes:
+        return None
+    return sizes[0] if len(sizes) == 1 else (sizes[0], sizes[1])
+
+
 def _engine_options(options: pb.SegmentOptions) -> SegmentOptions:
+    reject_unknown_fields(options)
     if options.mode not in _MODES:
         raise InvalidOption(f"unknown mode {options.mode}; expected MODE_WHOLE or MODE_SLIDE")
+    if options.tta not in _PRESETS:
+        raise InvalidOption(
+            f"unknown tta {options.tta}; expected TEST_TIME_AUGMENTATION_OFFICIAL or TEST_TIME_AUGMENTATION_MMSEG"
+        )
     scales = tuple(float(s) for s in options.scales) or (1.0,)
     if not all(math.isfinite(s) for s in scales):
         raise InvalidOption(f"scales must be finite numbers, got {list(scales)}")
     max_size = int(options.max_size) if options.HasField("max_size") else None
-    return SegmentOptions(mode=_MODES[options.mode], scales=scales, flip=options.flip, max_size=max_size)
+    return SegmentOptions(
+        mode=_MODES[options.mode],
+        scales=scales,
+        flip=options.flip if options.HasField("flip") else None,
+        max_size=max_size,
+        tta=_PRESETS[options.tta],
+        base_size=_size_option(options.base_size, "base_size"),
+        crop_size=_size_option(options.crop_size, "crop_size"),
+        stride=_size_option(options.stride, "stride"),
+    )
 
 
 def _output_kinds(options: pb.SegmentOptions) -> frozenset[int]:
@@ -156,6 +199,7 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
     async def _segment(
         self, request: pb.SegmentRequest, context: grpc.aio.ServicerContext
     ) -> pb.SegmentResponse:
+        reject_unknown_fields(request)
         options = request.options
         kinds = _output_kinds(options)
         engine_options = _engine_options(options)

@@ -19,6 +19,7 @@ from server.http import kserve
 from server.http.errors import install_error_handlers
 from server.http.middleware import ServiceMiddleware
 from server.http.routes import segment, service, ui
+from server.http.strict import STRICT_QUERY
 from server.settings import Settings
 
 DESCRIPTION = """DANet scene segmentation over onnxruntime.
@@ -36,6 +37,7 @@ def create_app(settings: Settings, engine: Engine) -> FastAPI:
         description=DESCRIPTION,
         docs_url=None,  # served below from the packaged Swagger UI: no CDN, works offline
         redoc_url=None,
+        dependencies=[STRICT_QUERY],  # an unknown query parameter is a 422 on routes that take options
     )
     _install_offline_docs(app)
     app.state.settings = settings

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.datastructures import UploadFile
 
-from server.engine import SegmentOptions, SegmentResult
+from server.engine import SegmentResult
 from server.errors import InvalidOption, PayloadTooLarge
 from server.http.deps import EngineDep, SettingsDep
 from server.imaging import (
@@ -25,6 +25,7 @@ from server.imaging import (
     rle_encode,
 )
 from server.model import ModelInfo
+from server.tta import SegmentOptions
 
 router = APIRouter(tags=["segmentation"])
 
@@ -97,6 +98,25 @@ def parse_scales(text: str | None) -> tuple[float, ...]:
         raise InvalidOption(f"scales must be comma-separated numbers, got {text!r}") from exc
 
 
+def parse_size_option(text: str | None, name: str) -> int | tuple[int, int] | None:
+    """``N`` or ``AxB`` (e.g. ``768``, ``2048x1024``)."""
+    if text is None or not text.strip():
+        return None
+    parts = text.lower().replace(",", "x").split("x")
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        values = []
+    if len(values) == 1:
+        return values[0]
+    if len(values) == 2:
+        return (values[0], values[1])
+    raise InvalidOption(f"{name} must be a number or AxB (e.g. 768 or 2048x1024), got {text!r}")
+
+
+_PRESET = "Only with `tta`; default: the model's eval metadata, else the procedure's own (see docs/rest.md)."
+
+
 async def read_image_bytes(request: Request, max_bytes: int) -> tuple[bytes, str | None]:
     """The image bytes and their declared media type, from a multipart field ``image`` or ``file``, or the
     raw body.
@@ -155,7 +175,36 @@ async def segment(
     scales: Annotated[
         str | None, Query(description="Comma-separated test-time scales, e.g. `0.75,1,1.25` (needs logits).")
     ] = None,
-    flip: Annotated[bool, Query(description="Add horizontally flipped inference (needs logits).")] = False,
+    flip: Annotated[
+        bool | None,
+        Query(
+            description="Add horizontally flipped inference (needs logits). Default false; "
+            "with tta=official true, as in the official evaluation."
+        ),
+    ] = None,
+    tta: Annotated[
+        Literal["official", "mmseg"] | None,
+        Query(
+            description="Reproduce a published evaluation: `official` (DANet / PyTorch-Encoding "
+            "MultiEvalModule) or `mmseg` (MMSegmentation slide/whole inference + SegTTAModel). "
+            "Unset: this project's procedure (mode, scales, flip)."
+        ),
+    ] = None,
+    base_size: Annotated[
+        str | None,
+        Query(
+            description="`N` or `LONGxSHORT`. official: long side at scale 1 (Cityscapes 2048); mmseg: the "
+            "test pipeline's Resize scale, keep_ratio (Cityscapes 2048x1024). " + _PRESET
+        ),
+    ] = None,
+    crop_size: Annotated[
+        str | None,
+        Query(description="Sliding-window crop, `N` or `HxW` (official Cityscapes 768). " + _PRESET),
+    ] = None,
+    stride: Annotated[
+        str | None,
+        Query(description="Sliding-window stride, `N` or `HxW` (default int(crop_size * 2/3)). " + _PRESET),
+    ] = None,
     max_size: Annotated[
         int | None, Query(ge=8, description="Longest side used for inference; larger images are shrunk.")
     ] = None,
@@ -165,7 +214,16 @@ async def segment(
 ) -> Response:
     t0 = time.perf_counter()
     chosen = negotiate_format(format, request.headers.get("accept"))
-    options = SegmentOptions(mode=mode, scales=parse_scales(scales), flip=flip, max_size=max_size)
+    options = SegmentOptions(
+        mode=mode,
+        scales=parse_scales(scales),
+        flip=flip,
+        max_size=max_size,
+        tta=tta,
+        base_size=parse_size_option(base_size, "base_size"),
+        crop_size=parse_size_option(crop_size, "crop_size"),
+        stride=parse_size_option(stride, "stride"),
+    )
     options.validate()
     info = engine.admit(model, version)  # 404 / 503 before reading the body
     data, declared = await read_image_bytes(request, settings.max_upload_bytes)
@@ -226,10 +284,12 @@ def _render(
         "inference_size": list(result.inference_size),
         "mode": options.mode,
         "scales": list(options.scales),
-        "flip": options.flip,
+        "flip": options.use_flip,
         "num_classes": info.num_classes,
         "classes": stats,
     }
+    if result.preset is not None:
+        payload["tta"] = result.preset
     if result.confidence is not None:
         payload["mean_confidence"] = round(float(result.confidence.mean()), 6)
     return payload, "application/json"

@@ -27,6 +27,12 @@ class Mode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     MODE_UNSPECIFIED: _ClassVar[Mode]
     MODE_WHOLE: _ClassVar[Mode]
     MODE_SLIDE: _ClassVar[Mode]
+
+class TestTimeAugmentation(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    TEST_TIME_AUGMENTATION_UNSPECIFIED: _ClassVar[TestTimeAugmentation]
+    TEST_TIME_AUGMENTATION_OFFICIAL: _ClassVar[TestTimeAugmentation]
+    TEST_TIME_AUGMENTATION_MMSEG: _ClassVar[TestTimeAugmentation]
 OUTPUT_KIND_UNSPECIFIED: OutputKind
 OUTPUT_KIND_INDEX: OutputKind
 OUTPUT_KIND_COLOR: OutputKind
@@ -39,6 +45,9 @@ LABEL_ENCODING_RAW: LabelEncoding
 MODE_UNSPECIFIED: Mode
 MODE_WHOLE: Mode
 MODE_SLIDE: Mode
+TEST_TIME_AUGMENTATION_UNSPECIFIED: TestTimeAugmentation
+TEST_TIME_AUGMENTATION_OFFICIAL: TestTimeAugmentation
+TEST_TIME_AUGMENTATION_MMSEG: TestTimeAugmentation
 
 class RawImage(_message.Message):
     __slots__ = ("height", "width", "pixels")
@@ -51,7 +60,7 @@ class RawImage(_message.Message):
     def __init__(self, height: _Optional[int] = ..., width: _Optional[int] = ..., pixels: _Optional[bytes] = ...) -> None: ...
 
 class SegmentOptions(_message.Message):
-    __slots__ = ("model", "outputs", "label_encoding", "alpha", "mode", "scales", "flip", "max_size", "version")
+    __slots__ = ("model", "outputs", "label_encoding", "alpha", "mode", "scales", "flip", "max_size", "version", "tta", "base_size", "crop_size", "stride")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     OUTPUTS_FIELD_NUMBER: _ClassVar[int]
     LABEL_ENCODING_FIELD_NUMBER: _ClassVar[int]
@@ -61,6 +70,10 @@ class SegmentOptions(_message.Message):
     FLIP_FIELD_NUMBER: _ClassVar[int]
     MAX_SIZE_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
+    TTA_FIELD_NUMBER: _ClassVar[int]
+    BASE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    CROP_SIZE_FIELD_NUMBER: _ClassVar[int]
+    STRIDE_FIELD_NUMBER: _ClassVar[int]
     model: str
     outputs: _containers.RepeatedScalarFieldContainer[OutputKind]
     label_encoding: LabelEncoding
@@ -70,7 +83,11 @@ class SegmentOptions(_message.Message):
     flip: bool
     max_size: int
     version: str
-    def __init__(self, model: _Optional[str] = ..., outputs: _Optional[_Iterable[_Union[OutputKind, str]]] = ..., label_encoding: _Optional[_Union[LabelEncoding, str]] = ..., alpha: _Optional[float] = ..., mode: _Optional[_Union[Mode, str]] = ..., scales: _Optional[_Iterable[float]] = ..., flip: _Optional[bool] = ..., max_size: _Optional[int] = ..., version: _Optional[str] = ...) -> None: ...
+    tta: TestTimeAugmentation
+    base_size: _containers.RepeatedScalarFieldContainer[int]
+    crop_size: _containers.RepeatedScalarFieldContainer[int]
+    stride: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, model: _Optional[str] = ..., outputs: _Optional[_Iterable[_Union[OutputKind, str]]] = ..., label_encoding: _Optional[_Union[LabelEncoding, str]] = ..., alpha: _Optional[float] = ..., mode: _Optional[_Union[Mode, str]] = ..., scales: _Optional[_Iterable[float]] = ..., flip: _Optional[bool] = ..., max_size: _Optional[int] = ..., version: _Optional[str] = ..., tta: _Optional[_Union[TestTimeAugmentation, str]] = ..., base_size: _Optional[_Iterable[int]] = ..., crop_size: _Optional[_Iterable[int]] = ..., stride: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class SegmentRequest(_message.Message):
     __slots__ = ("id", "encoded", "raw", "options")
