@@ -67,4 +67,4 @@ def test_bad_options_are_invalid_argument(
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert words in info.value.details()
     if isinstance(payload, bytes):
-        assert "tta = 9" in info.value.details()  # names what this server does know
+        assert "tta = 10" in info.value.details()  # names what this server does know
