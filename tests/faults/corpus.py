@@ -447,7 +447,7 @@ def _hostile_cases(max_upload_bytes: int) -> list[FaultCase]:
             "multipart-wrong-field",
             good_png,
             Expect.REJECT,
-            field_name="file",
+            field_name="picture",  # `image` and `file` are the accepted names
             statuses=frozenset({400, 422}),
         ),
         FaultCase(

@@ -336,4 +336,34 @@ def test_multipart_field_file_is_accepted_like_image(client: TestClient) -> None
 def test_multipart_with_both_image_and_file_is_422(client: TestClient) -> None:
     both = {name: ("scene.png", encode(SCENE), "image/png") for name in ("image", "file")}
     message = error_of(client.post("/segment", files=both), 422, "invalid_option")
-    assert "'image' and 'file'" in message
+    assert "more than one image" in message
+
+
+def test_multipart_edge_cases(client: TestClient) -> None:
+    png = encode(SCENE)
+    boundary = "b0undary"
+
+    def body(*parts: tuple[str, str | None]) -> bytes:
+        out = b""
+        for name, filename in parts:
+            disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
+            out += f"--{boundary}\r\nContent-Disposition: {disposition}\r\nContent-Type: image/png\r\n\r\n".encode()
+            out += png + b"\r\n"
+        return out + f"--{boundary}--\r\n".encode()
+
+    headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+    # other fields around the image are ignored; the image part arrives intact
+    ok = client.post(
+        "/segment?format=index", content=body(("note", None), ("file", "x.png")), headers=headers
+    )
+    assert ok.status_code == 200, ok.text
+    np.testing.assert_array_equal(np.asarray(png_of(ok)), EXPECTED)
+    # a text field named image is not an upload
+    error_of(client.post("/segment", content=body(("image", None)), headers=headers), 422, "invalid_option")
+    # the closing boundary missing; no boundary at all
+    cut = body(("image", "x.png"))[: -len(f"--{boundary}--\r\n")]
+    error_of(client.post("/segment", content=cut, headers=headers), 400, "invalid_image")
+    plain = {"Content-Type": "multipart/form-data"}
+    error_of(client.post("/segment", content=body(("image", "x.png")), headers=plain), 400, "invalid_image")
+    many = body(*[(f"f{i}", None) for i in range(20)])
+    error_of(client.post("/segment", content=many, headers=headers), 422, "invalid_option")

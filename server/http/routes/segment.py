@@ -9,11 +9,11 @@ from typing import Annotated, Any, Literal
 import numpy as np
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response
-from starlette.datastructures import UploadFile
 
 from server.engine import SegmentResult
-from server.errors import InvalidOption, PayloadTooLarge
+from server.errors import InvalidOption
 from server.http.deps import EngineDep, SettingsDep
+from server.http.upload import UPLOAD_FIELDS, read_multipart_image
 from server.imaging import (
     check_media_type,
     class_stats,
@@ -32,8 +32,6 @@ router = APIRouter(tags=["segmentation"])
 Format = Literal["color", "index", "overlay", "json"]
 
 _IMAGE_SCHEMA = {"type": "string", "format": "binary"}
-#: Multipart field names that carry the image: ``image`` (ours) and ``file`` (curl/requests/browser habit).
-UPLOAD_FIELDS = ("image", "file")
 _REQUEST_BODY: dict[str, Any] = {
     "required": True,
     "description": "The image: a multipart form with a file field `image` (or `file`, as many clients "
@@ -125,19 +123,7 @@ async def read_image_bytes(request: Request, max_bytes: int) -> tuple[bytes, str
     here too, since a multipart body may carry a little more than the image."""
     content_type = request.headers.get("content-type")
     if media_type(content_type) == "multipart/form-data":
-        form = await request.form(max_files=len(UPLOAD_FIELDS), max_fields=16)
-        try:
-            uploads = [form.get(name) for name in UPLOAD_FIELDS if name in form]
-            if len(uploads) > 1:
-                raise InvalidOption("multipart body has both 'image' and 'file' fields; send one")
-            upload = uploads[0] if uploads else None
-            if not isinstance(upload, UploadFile):
-                raise InvalidOption("multipart body has no file field named 'image' (or 'file')")
-            if upload.size is not None and upload.size > max_bytes:
-                raise PayloadTooLarge(f"image of {upload.size} bytes exceeds the limit of {max_bytes} bytes")
-            return await upload.read(), upload.content_type
-        finally:
-            await form.close()
+        return await read_multipart_image(request, max_bytes)
     check_media_type(content_type)  # 415 before the body is read
     return await request.body(), content_type
 
