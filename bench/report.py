@@ -63,6 +63,7 @@ class Row:
     ratio_p50: float | None = None  # p50 / floor p50
     ratio_throughput: dict[int, float] = field(default_factory=dict)  # throughput[c] / best floor throughput
     image: str = "scene"  # the test image: "scene" (photo-like street scene) or "noise"
+    ratio_paired: float | None = None  # median over rounds of (this call / the floor's call in that round)
 
     @property
     def label(self) -> str:
@@ -85,6 +86,7 @@ class Row:
             "status": self.status,
             "note": self.note,
             "image": self.image,
+            "ratio_paired_median": self.ratio_paired,
         }
 
 
@@ -97,6 +99,21 @@ def _find(
         if same and row.status == "ok" and (image is None or row.image == image):
             return row
     return None
+
+
+def paired_ratio(samples: Sequence[float], floor: Sequence[float]) -> float | None:
+    """Median over rounds of ``sample / floor sample`` of the same round.
+
+    Each round times every path once, close together, so the pair shares the machine's load of that
+    moment: on a busy shared machine this is steadier than the ratio of two medians (same quantity,
+    less drift)."""
+    if not samples or len(samples) != len(floor):
+        return None
+    ratios = sorted(s / f for s, f in zip(samples, floor, strict=True) if f > 0)
+    if not ratios:
+        return None
+    middle = len(ratios) // 2
+    return ratios[middle] if len(ratios) % 2 else (ratios[middle - 1] + ratios[middle]) / 2
 
 
 def compute_ratios(rows: Sequence[Row]) -> None:
@@ -245,7 +262,8 @@ def evaluate_targets(rows: Sequence[Row]) -> list[Target]:
 def _ratio_target(key: str, desc: str, row: Row | None, limit: float) -> Target:
     if row is None or row.ratio_p50 is None or row.latency is None:
         return Target(key, desc, f"<= {limit:.2f}x", "-", "N/A", "not measured")
-    measured = f"{row.ratio_p50:.3f}x ({row.latency.p50:.1f} ms)"
+    paired = "" if row.ratio_paired is None else f"; paired {row.ratio_paired:.3f}x"
+    measured = f"{row.ratio_p50:.3f}x ({row.latency.p50:.1f} ms{paired})"
     return Target(key, desc, f"<= {limit:.2f}x", measured, _status(row.ratio_p50 <= limit))
 
 
@@ -317,7 +335,8 @@ def markdown(
     lines.append("")
     head = ["model", "size", "image", "path", "provider", "p50 ms", "p95 ms", "p99 ms"]
     head += [f"req/s c={c}" for c in concurrencies]
-    head += ["peak RSS MB (one at a time)", "p50 / floor", "c=4 thr / best floor", "agreement"]
+    head += ["peak RSS MB (one at a time)", "p50 / floor", "paired / floor", "c=4 thr / best floor"]
+    head += ["agreement"]
     lines.append("| " + " | ".join(head) + " |")
     lines.append("|" + "---|" * len(head))
     for r in rows:
@@ -332,7 +351,8 @@ def markdown(
         ]
         cells += [_fmt(r.throughput.get(c), ".2f") for c in concurrencies]
         cells += [_fmt(None if r.peak_rss_bytes is None else r.peak_rss_bytes / 1e6, ".0f")]
-        cells += [_fmt(r.ratio_p50, ".3f", "x"), _fmt(r.ratio_throughput.get(4), ".3f", "x")]
+        cells += [_fmt(r.ratio_p50, ".3f", "x"), _fmt(r.ratio_paired, ".3f", "x")]
+        cells += [_fmt(r.ratio_throughput.get(4), ".3f", "x")]
         cells += [_fmt(None if r.agreement is None else r.agreement * 100, ".2f", "%")]
         lines.append("| " + " | ".join(cells) + " |")
     lines += [

@@ -367,6 +367,7 @@ def measure_size(
                 image=kind,
             )
             row.peak_rss_bytes = collected.peaks.get(path.key)
+            row.ratio_paired = report.paired_ratio(durations, collected.durations.get(report.FLOOR, []))
             if path.key.startswith(report.PEER_PREFIX):
                 pass
             elif isinstance(path, ServerPath):

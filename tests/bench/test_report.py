@@ -144,3 +144,11 @@ def test_overhead_targets_per_test_image() -> None:
     assert targets["kserve-p50-512x512-scene"].status == "N/A"
     assert targets["kserve-p50-1024x2048-noise"].status == "MISS"  # 1.04 > 1.03
     assert targets["http-c4-scene"].status == "PASS"  # 0.96
+
+
+def test_paired_ratio_is_the_median_of_same_round_ratios() -> None:
+    # the machine slows down in round 2 for everyone: pairs cancel it
+    assert report.paired_ratio([1.1, 2.2, 1.0], [1.0, 2.0, 1.0]) == pytest.approx(1.1)
+    assert report.paired_ratio([1.0, 3.0], [1.0, 2.0]) == pytest.approx(1.25)
+    assert report.paired_ratio([1.0], [1.0, 2.0]) is None  # a path that dropped out has no pairs
+    assert report.paired_ratio([], []) is None
