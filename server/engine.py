@@ -401,8 +401,14 @@ class Engine:
         )
 
     def _logits_fn(self, entry: _Loaded) -> LogitsFn:
+        """Logits of one picture through the queue. One request's windows x scales x flips can outnumber
+        ``max_queue`` (official Cityscapes multi-scale: ~100 passes): at most half the queue is in flight
+        per request, so a big request waits its turn instead of refusing itself with 503."""
+        in_flight = asyncio.Semaphore(max(1, min(16, self.settings.max_queue // 2)))
+
         async def logits(picture: np.ndarray) -> np.ndarray:
-            out = await self._infer(entry, picture[None], [OUTPUT_LOGITS])
+            async with in_flight:
+                out = await self._infer(entry, picture[None], [OUTPUT_LOGITS])
             return out[OUTPUT_LOGITS][0].astype(np.float32, copy=False)
 
         return logits

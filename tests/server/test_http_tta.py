@@ -118,3 +118,12 @@ def test_query_names_come_from_the_route_and_its_dependencies() -> None:
         assert "'lmit' (did you mean 'limit'?), 'x'" in message and "accepted: limit, pageToken, q" in message
         kserve = test_client.get("/v2/things?verbos=1")  # the KServe error shape
         assert kserve.status_code == 400 and "verbos" in kserve.json()["error"]
+
+
+def test_a_request_with_more_passes_than_the_queue_is_served(app_factory) -> None:  # type: ignore[no-untyped-def]
+    """official at base 240, crop 16, flip: hundreds of windows through a queue of 2."""
+    client, _ = app_factory(max_queue=2)
+    response = post(client, "tta=official&base_size=240&crop_size=16&scales=0.5,1&format=json")
+    assert response.status_code == 200, response.text
+    response = post(client, "mode=slide&scales=1,2&flip=true&format=json")
+    assert response.status_code == 200, response.text
