@@ -4,7 +4,7 @@ every test needing a separate server process use (tests configure it through ``t
 The server is the production entry point (the ``danet-serve`` script, or ``python -m server.main``),
 configured through flags and ``DANET_*`` variables exactly as a user would. Its output goes to a log file so
 that a test can show it when something fails and check that no traceback was printed. Ready means
-``/readyz`` answers 200 and, with gRPC, the gRPC health check says SERVING.
+``/readyz`` answers 200 (the gRPC server is bound before HTTP starts, and its health check follows readiness).
 """
 
 from __future__ import annotations
@@ -129,7 +129,7 @@ class ServerProcess:
                 raise ServerStartError(
                     f"danet-serve exited with code {self.process.returncode} before becoming ready:\n{self.log_tail()}"
                 )
-            if self.is_ready(timeout_s=2.0) and self._grpc_serving():
+            if self.is_ready(timeout_s=2.0):
                 return self
             time.sleep(0.1)
         self.kill()
@@ -142,20 +142,6 @@ class ServerProcess:
             return httpx.get(f"{self.http_url}/readyz", timeout=timeout_s).status_code == 200
         except httpx.HTTPError:
             return False
-
-    def _grpc_serving(self) -> bool:
-        """The gRPC health check follows readiness a moment later; wait for it too when gRPC is on."""
-        if self.grpc_port < 0:
-            return True
-        import grpc  # only for servers with gRPC
-        from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-        with grpc.insecure_channel(self.grpc_target) as channel:
-            try:
-                reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=2)
-            except grpc.RpcError:
-                return False
-        return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 
     def terminate(self) -> None:
         """Send SIGTERM (graceful: stop accepting, drain, exit) without waiting."""

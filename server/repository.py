@@ -11,8 +11,9 @@ requests, waits until the requests that hold it (``lease``) are done, and is rel
 to load leaves the serving ones untouched and is listed UNAVAILABLE with the reason.
 
 Memory: every change (start-up, explicit load/unload, each poll) runs under one lock, ``_changes``, from the
-first byte of the new session to the release of the one it replaces. So at most one session is being built at
-a time in the whole server, and with ``latest:1`` a model never has more than its old and its new session.
+first byte of the new session to the release of the one it replaces, and versions are built one after the
+other. So only one model changes at a time, and it holds at most the versions it serves plus the ones
+replacing them: with the default policy ``latest:1``, its old and its new session, never more.
 """
 
 from __future__ import annotations
@@ -279,7 +280,7 @@ class ModelRepository:
         if found is not None and found.error:
             logger.error("model %s: %s", name, found.error, extra={"model": name})
             for version in current:
-                status[version].reason = found.error
+                status.setdefault(version, VersionStatus(READY)).reason = found.error
             if not current:
                 status["0"] = VersionStatus(UNAVAILABLE, found.error)
             return [found.error]

@@ -53,7 +53,7 @@ def test_upload_shows_overlay_and_legend(live_server: ServerProcess, tmp_path: P
             )
             page.goto(live_server.url + "/")
             page.wait_for_function("document.querySelectorAll('#model option').length > 0")
-            assert "tiny" in page.locator("#model").inner_text()
+            assert "tiny v1" in page.locator("#model").inner_text()
             assert "ready" in page.locator("#status").inner_text()
             page.locator("#alpha").fill("0.6")
             page.locator("#file").set_input_files(str(picture))
@@ -81,7 +81,7 @@ def test_upload_shows_overlay_and_legend(live_server: ServerProcess, tmp_path: P
             )
             assert shown.shape == (48, 64, 3)
             assert np.abs(shown.astype(int) - scene.astype(int)).mean() > 5  # colours blended over the input
-            assert "overlay" in page.locator("#result-caption").inner_text()
+            assert "overlay · v1" in page.locator("#result-caption").inner_text()
         finally:
             browser.close()
     assert outside == []

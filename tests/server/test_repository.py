@@ -6,8 +6,10 @@ Swaps under a running stream of requests, polling and tritonclient live in test_
 from __future__ import annotations
 
 import asyncio
+import gc
 import subprocess
 import sys
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -206,8 +208,11 @@ def test_explicit_load_swap_failure_and_unload(app_factory: Any, tmp_path: Path)
     assert client.post("/v2/repository/models/tiny/load").status_code == 200
     assert client.get("/v2/models/tiny/ready").status_code == 200
 
+    old_session = weakref.ref(engine._entry("tiny").handle.session)
     add_version(tmp_path, 2)
     assert client.post("/v2/repository/models/tiny/load", json={"parameters": {}}).status_code == 200
+    gc.collect()
+    assert old_session() is None  # v1 was released, not just hidden
     index = client.post("/v2/repository/index").json()
     assert {"name": "tiny", "version": "1", "state": "UNAVAILABLE", "reason": "unloaded"} in index
     assert {"name": "tiny", "version": "2", "state": "READY"} in index
