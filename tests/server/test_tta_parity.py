@@ -124,13 +124,15 @@ def export_calibrated(directory: Path, align_corners: bool, seed: int) -> Export
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Exported]:
-    torch.set_num_threads(1)
+def exported(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Exported]]:
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)  # the CI box is small and shared
     directory = tmp_path_factory.mktemp("calibrated")
-    return {
+    yield {
         "official": export_calibrated(directory, align_corners=True, seed=1),
         "mmseg": export_calibrated(directory, align_corners=False, seed=2),
     }
+    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")
