@@ -191,7 +191,7 @@ class Engine:
     # --- models -----------------------------------------------------------------------------------
     def list_models(self) -> list[ModelInfo]:
         """The newest ready version of every model."""
-        return [self.repository.current(name).info for name in self.repository.names()]
+        return [versions[-1].info for versions in self.repository.snapshot().values()]
 
     def get_model(self, name: str | None = None, version: str | None = None) -> ModelInfo:
         return self._entry(name, version).info
@@ -423,16 +423,15 @@ class Engine:
     def describe(self) -> dict[str, Any]:
         """Status for /readyz and logs."""
         models: dict[str, Any] = {}
-        for name in self.repository.names():
-            versions = self.repository.versions(name)
-            e = self.repository.current(name)
+        for name, versions in self.repository.snapshot().items():
+            e = versions[-1]
             models[name] = {
                 "version": e.info.version,
-                "versions": [info.version for info in versions],
+                "versions": [v.info.version for v in versions],
                 "provider": e.handle.provider,
                 "fallback": e.handle.fallback,
                 "batching": e.batcher.max_batch > 1,
                 "max_batch_size": e.batcher.max_batch,
-                "queue_depth": self.repository.queue_depth(name),
+                "queue_depth": sum(v.batcher.depth for v in versions),
             }
         return {"ready": self.ready, "repository": self.repository.describe(), "models": models}

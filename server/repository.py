@@ -151,6 +151,11 @@ class ModelRepository:
         finally:
             entry.leave()
 
+    def snapshot(self) -> dict[str, list[LoadedVersion]]:
+        """Every model's serving versions (oldest first), read at one instant."""
+        with self._lock:
+            return {name: list(versions.values()) for name, versions in self._served.items()}
+
     def versions(self, name: str) -> list[ModelInfo]:
         with self._lock:
             return [e.info for e in self._served.get(name, {}).values()]

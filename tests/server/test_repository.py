@@ -337,3 +337,14 @@ def test_danet_export_cli_triton_repo_serves_unchanged(app_factory: Any, tmp_pat
     assert done.returncode == 0, done.stdout + done.stderr
     [name] = [p.name for p in (tmp_path / "repo").iterdir()]
     serves_unchanged(app_factory, tmp_path / "repo", name)
+
+
+def test_repository_api_needs_the_api_key(app_factory: Any, two_versions: Path) -> None:
+    client, _ = app_factory(**repo_settings(two_versions, model_control_mode="explicit", api_key="k"))
+    for path in (
+        "/v2/repository/index",
+        "/v2/repository/models/tiny/load",
+        "/v2/repository/models/tiny/unload",
+    ):
+        assert client.post(path).status_code == 401
+    assert client.post("/v2/repository/index", headers={"X-API-Key": "k"}).json() == [{"name": "tiny"}]
