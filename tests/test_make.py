@@ -131,7 +131,7 @@ def test_make_test_runs_lint_types_static_checks_and_both_test_passes() -> None:
         output,
         [
             r"^python3? -m venv \.venv$",
-            r"^\.venv/bin/pip install .*-e '\.\[export,dev\]'$",
+            r"^\.venv/bin/pip install .*-e '\.\[export,dev,ray\]'$",
             r"^\.venv/bin/ruff check \.$",
             r"^\.venv/bin/ruff format --check \.$",
             r"^\.venv/bin/mypy ",
