@@ -89,16 +89,19 @@ def deployment_options(settings: Settings) -> dict[str, Any]:
     }
 
 
-def build_app(args: dict[str, Any]) -> Application:
-    """Application builder for ``import_path: server.ray_app:build_app``.
-
-    ``args`` (the ``args:`` mapping of the Serve config) are ``Settings`` fields by name, e.g.
-    ``{"models": ["/models/city.onnx"], "max_queue": 16}``; ``DANET_*`` variables fill in the rest. They are
-    validated here, so a typo fails ``serve run`` at once instead of in every replica.
-    """
+def application(args: dict[str, Any], **serve_options: Any) -> Application:
+    """The Serve application for ``args`` (``Settings`` fields by name; ``DANET_*`` variables fill in the
+    rest), validated here so that a typo fails at once instead of in every replica. ``serve_options`` are
+    further deployment options (``num_replicas``, ``ray_actor_options``, ...), as a Serve config sets them."""
     overrides = dict(args or {})
     unknown = sorted(set(overrides) - set(Settings.model_fields))
     if unknown:
         raise ValueError(f"unknown danet-serve settings in the Serve config args: {unknown}")
     settings = Settings(**overrides)
-    return DanetDeployment.options(**deployment_options(settings)).bind(overrides)
+    return DanetDeployment.options(**deployment_options(settings), **serve_options).bind(overrides)
+
+
+def build_app(args: dict[str, Any]) -> Application:
+    """Application builder for ``import_path: server.ray_app:build_app``; ``args`` is the config's ``args:``
+    mapping, e.g. ``{"models": ["/models/city.onnx"], "max_queue": 16}``."""
+    return application(args)

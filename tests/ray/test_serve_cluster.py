@@ -137,6 +137,7 @@ def test_replica_crash_under_a_stream_of_requests(cluster: ServeCluster, expecte
     total, kill_after = 120, 20
     outcomes: list[tuple[int, str, bool]] = []  # (status, replica, correct map)
     errors: list[str] = []
+    failed: list[str] = []
     lock = threading.Lock()
 
     def one(client: httpx.Client) -> None:
@@ -148,6 +149,8 @@ def test_replica_crash_under_a_stream_of_requests(cluster: ServeCluster, expecte
             return
         correct = response.status_code == 200 and np.array_equal(class_map(response), expected)
         with lock:
+            if response.status_code != 200:
+                failed.append(f"{response.status_code} {response.text[:160]!r}")
             outcomes.append((response.status_code, response.headers.get("x-danet-replica", ""), correct))
 
     with httpx.Client(timeout=REQUEST_TIMEOUT_S) as client, ThreadPoolExecutor(4) as pool:
@@ -159,7 +162,9 @@ def test_replica_crash_under_a_stream_of_requests(cluster: ServeCluster, expecte
             future.result()
 
     statuses = Counter(status for status, _, _ in outcomes)
-    print(f"replica crash during {total} requests: {dict(statuses)}, transport errors {len(errors)}")
+    print(
+        f"replica crash during {total} requests: {dict(statuses)}, transport errors {len(errors)}, {failed}"
+    )
     assert errors == [] and len(outcomes) == total
     assert all(correct for status, _, correct in outcomes if status == 200)
     # Requests running inside the killed replica are lost (Ray's proxy answers 500 for an actor that
