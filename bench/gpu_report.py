@@ -11,6 +11,10 @@ to fp32 and fp16 with ``export.onnx_export``, then for each file and each provid
   there) at batch 1/4/8 at 512x512, and batch 1 at 1024x2048;
 * peak GPU memory of a fresh process running one 1024x2048 image (NVML, polled every 5 ms).
 
+With ``--attention scan,fused`` (the default) every model is also exported with
+``danet-export --attention fused`` (the position attention as one ``com.microsoft.MultiHeadAttention``
+node) and measured the same way, as ``fp32-fused`` / ``fp16-fused`` rows.
+
 Needs the ``export`` extra (torch) for the exports and ``nvidia-ml-py`` for the memory figures.
 """
 
@@ -33,9 +37,23 @@ from bench.stats import LatencyStats
 from common.contract import INPUT_IMAGE, OUTPUT_CONFIDENCE, OUTPUT_LABELS
 
 
-def prepare(work_dir: Path, names: list[str]) -> dict[str, dict[str, Path]]:
+def fused_exports(checkpoint: Path, output: Path) -> dict[str, Path]:
+    """fp32 + fp16 exports of ``checkpoint`` with the fused attention (cached in the work directory)."""
+    from export.onnx_export import export_onnx, variant_path
+    from models.checkpoints import load_checkpoint
+
+    files = {"fp32-fused": output, "fp16-fused": variant_path(output, "fp16")}
+    if not all(path.exists() for path in files.values()):
+        export_onnx(load_checkpoint(checkpoint), output, fp16=True, verify=False, attention="fused")
+    return files
+
+
+def prepare(
+    work_dir: Path, names: list[str], attention: tuple[str, ...] = ("scan",)
+) -> dict[str, dict[str, Path]]:
     """fp32 + fp16 ONNX files for R50-OS8 (random weights) and/or the default model, via danet-bench's own
-    preparation (same seeded weights, same export cache)."""
+    preparation (same seeded weights, same export cache); ``fused`` in ``attention`` adds the fused
+    attention exports of the same checkpoints."""
     from bench.prepare import prepare_default, prepare_r50
 
     prepared = []
@@ -48,6 +66,8 @@ def prepare(work_dir: Path, names: list[str]) -> dict[str, dict[str, Path]]:
         if "fp16" not in model.variants:
             raise RuntimeError(f"no fp16 variant of {model.name}: {'; '.join(model.notes)}")
         models[model.name] = {"fp32": model.onnx, "fp16": model.variants["fp16"]}
+        if "fused" in attention and model.checkpoint is not None:
+            models[model.name].update(fused_exports(model.checkpoint, work_dir / f"{model.name}-fused.onnx"))
     return models
 
 
@@ -171,6 +191,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", default="danet-r50-os8,danet-synthetic", help="comma-separated")
     parser.add_argument("--batches", default="1,4,8", help="batch sizes timed at 512x512")
     parser.add_argument("--full-size", default="1024x2048", help="HxW timed at batch 1 and for peak memory")
+    parser.add_argument(
+        "--attention", default="scan,fused", help="attention exports to measure: scan, fused or both"
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     import onnxruntime as ort
@@ -185,7 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     full = tuple(int(v) for v in args.full_size.lower().split("x") if v.isdigit())
     if len(full) != 2:
         parser.error(f"--full-size must be HxW, e.g. 1024x2048, got {args.full_size!r}")
-    for name, files in prepare(args.work_dir, args.models.split(",")).items():
+    attention = tuple(args.attention.split(","))
+    for name, files in prepare(args.work_dir, args.models.split(","), attention).items():
         entry: dict[str, Any] = {"fp16_vs_fp32_512": agreement(files, providers, (512, 512))}
         print(name, json.dumps(entry), flush=True)
         rows = []

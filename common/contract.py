@@ -31,6 +31,7 @@ META_MODEL_NAME = "model_name"  # suggested serving name
 META_EVAL_BASE_SIZE = "eval_base_size"  # official: long side at scale 1; mmseg: Resize scale (long, short)
 META_EVAL_CROP_SIZE = "eval_crop_size"  # sliding-window crop (height, width)
 META_EVAL_STRIDE = "eval_stride"  # sliding-window stride (height, width)
+META_VERIFICATION = "verification"  # JSON dict: error vs float64 truth, noise floor, agreement, rule
 
 # --- Network ----------------------------------------------------------------
 DEFAULT_HTTP_PORT = 8000

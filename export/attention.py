@@ -17,6 +17,11 @@ translation table lowers to an ONNX ``Scan``:
 Every softmax row still sees all N keys, so the result is exact (identical maths to the naive
 formulation, only the evaluation order of the queries changes). The graph size does not depend
 on the number of chunks, and small inputs run as a single chunk.
+
+``attention="fused"`` lowers the same op to ONE ``com.microsoft.MultiHeadAttention`` node (one head,
+``scale=1.0``, so it is exactly ``softmax(q k) v``): GPU providers run it with their fused,
+memory-efficient kernels, where a Scan runs iteration by iteration and keeps the attention out of
+fused kernels. Which one is the default on which provider is measured (export/README.md).
 """
 
 from __future__ import annotations
@@ -25,12 +30,16 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
+import onnx
 import onnx_ir as ir
 import torch
 from onnxscript import opset18
+from onnxscript.values import Op, Opset
 from torch import Tensor, nn
 
 __all__ = [
+    "ATTENTION_MODES",
+    "DEFAULT_ATTENTION",
     "DEFAULT_ATTENTION_BUDGET",
     "bounded_attention",
     "make_translation_table",
@@ -39,6 +48,33 @@ __all__ = [
 
 # onnxscript's typed op signatures do not model shape arithmetic on int64 tensors well.
 op: Any = opset18
+
+
+def _mha_schema() -> onnx.defs.OpSchema:
+    """The part of onnxruntime's ``com.microsoft.MultiHeadAttention`` schema the export uses."""
+    param = onnx.defs.OpSchema.FormalParameter
+    attr = onnx.defs.OpSchema.Attribute
+    return onnx.defs.OpSchema(
+        "MultiHeadAttention",
+        "com.microsoft",
+        1,
+        inputs=[param("query", "T"), param("key", "T"), param("value", "T")],
+        outputs=[param("output", "T")],
+        type_constraints=[("T", ["tensor(float)", "tensor(float16)"], "float tensors")],
+        attributes=[
+            attr("num_heads", onnx.defs.OpSchema.AttrType.INT, "number of heads"),
+            attr("scale", onnx.defs.OpSchema.AttrType.FLOAT, "scale of Q K^T"),
+        ],
+    )
+
+
+# onnxruntime's contrib operator (not in the ONNX schema registry, hence the explicit schema).
+multi_head_attention: Any = Op(Opset("com.microsoft", 1), "MultiHeadAttention", _mha_schema())
+
+#: ``scan``: exact, bounded-memory Scan over query chunks; ``fused``: one MultiHeadAttention node.
+ATTENTION_MODES = ("scan", "fused")
+#: Measured on the CPU provider (export/README.md): the Scan bounds memory at full resolution.
+DEFAULT_ATTENTION = "scan"
 
 #: Elements of one chunk's energy matrix (float32: 64 MiB); the softmax doubles it.
 DEFAULT_ATTENTION_BUDGET = 1 << 24
@@ -100,12 +136,26 @@ def _scan_attention(query: Any, key: Any, value: Any, budget: int) -> Any:
     return op.Slice(merged, zero, positions, op.Constant(value_ints=[2]))
 
 
-def make_translation_table(budget: int = DEFAULT_ATTENTION_BUDGET) -> dict[Any, Any]:
+def _fused_attention(query: Any, key: Any, value: Any) -> Any:
+    """ONNX lowering of :func:`pam_attention` as one ``com.microsoft.MultiHeadAttention`` (1 head)."""
+    key_t = op.Transpose(key, perm=[0, 2, 1])  # [B, N, d]
+    value_t = op.Transpose(value, perm=[0, 2, 1])  # [B, N, C]
+    attended = multi_head_attention(query, key_t, value_t, num_heads=1, scale=1.0)  # [B, N, C]
+    return op.Transpose(attended, perm=[0, 2, 1])
+
+
+def make_translation_table(
+    budget: int = DEFAULT_ATTENTION_BUDGET, attention: str = DEFAULT_ATTENTION
+) -> dict[Any, Any]:
     """``custom_translation_table`` for :func:`torch.onnx.export` lowering :func:`pam_attention`."""
     if budget < 1:
         raise ValueError(f"attention budget must be positive, got {budget}")
+    if attention not in ATTENTION_MODES:
+        raise ValueError(f"attention must be one of {ATTENTION_MODES}, got {attention!r}")
 
     def lower(query: Any, key: Any, value: Any) -> Any:
+        if attention == "fused":
+            return _fused_attention(query, key, value)
         return _scan_attention(query, key, value, budget)
 
     return {torch.ops.danet_export.pam_attention.default: lower}

@@ -23,7 +23,12 @@ import torch
 from torch import nn
 
 from common.contract import INPUT_IMAGE, OUTPUT_CONFIDENCE, OUTPUT_LABELS, OUTPUT_LOGITS
-from export.attention import DEFAULT_ATTENTION_BUDGET, bounded_attention, make_translation_table
+from export.attention import (
+    DEFAULT_ATTENTION,
+    DEFAULT_ATTENTION_BUDGET,
+    bounded_attention,
+    make_translation_table,
+)
 from export.wrapper import SegmentationWrapper, fp32_channel_attention
 from models.config import DANetConfig
 
@@ -72,11 +77,13 @@ def export_graph(
     half: bool = False,
     opset: int = DEFAULT_OPSET,
     attention_budget: int = DEFAULT_ATTENTION_BUDGET,
+    attention: str = DEFAULT_ATTENTION,
 ) -> onnx.ModelProto:
     """Trace ``model`` (a DANet in eval mode) wrapped by :class:`SegmentationWrapper`.
 
     Returns a graph with outputs ``labels``, ``confidence`` and ``logits``. With ``half`` the
-    network runs in float16 (a copy is made; ``model`` is not modified).
+    network runs in float16 (a copy is made; ``model`` is not modified). ``attention`` picks the
+    position attention's lowering (:data:`export.attention.ATTENTION_MODES`).
     """
     if not MIN_OPSET <= opset <= MAX_OPSET:
         raise ValueError(f"opset must be in {MIN_OPSET}..{MAX_OPSET}, got {opset}")
@@ -104,7 +111,7 @@ def export_graph(
             input_names=[INPUT_IMAGE],
             output_names=[OUTPUT_LABELS, OUTPUT_CONFIDENCE, OUTPUT_LOGITS],
             dynamic_shapes={INPUT_IMAGE: dims},
-            custom_translation_table=make_translation_table(attention_budget),
+            custom_translation_table=make_translation_table(attention_budget, attention),
             opset_version=opset,
             optimize=True,
             verbose=False,

@@ -110,7 +110,9 @@ def measure(
     return result
 
 
-def export_reference(path: Path, depth: int, output_stride: int, num_classes: int, logits: bool) -> None:
+def export_reference(
+    path: Path, depth: int, output_stride: int, num_classes: int, logits: bool, attention: str = "scan"
+) -> None:
     """Export a randomly initialised DANet (no verification) for the measurement."""
     import torch
 
@@ -121,7 +123,7 @@ def export_reference(path: Path, depth: int, output_stride: int, num_classes: in
     torch.manual_seed(0)
     config = DANetConfig(depth=depth, output_stride=output_stride, num_classes=num_classes, name="memcheck")
     model = build_danet(config).eval()
-    graph = export_graph(model, config)
+    graph = export_graph(model, config, attention=attention)
     finalize_graph(graph, logits=logits, props={})
     import onnx
 
@@ -140,12 +142,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output-stride", type=int, default=8, choices=(8, 16))
     parser.add_argument("--num-classes", type=int, default=19)
     parser.add_argument("--logits", action="store_true", help="export with the logits output")
+    parser.add_argument("--attention", choices=("scan", "fused"), default="scan", help="PAM lowering")
     parser.add_argument("--height", type=int, default=1024)
     parser.add_argument("--width", type=int, default=2048)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument(
         "--settings",
-        default="no-arena,no-arena+mmap",
+        default="default,no-arena",
         help=f"comma-separated subset of {','.join(SETTINGS)} or 'all'",
     )
     parser.add_argument("--budget-mb", type=float, default=1200.0, help="exit 1 above this peak RSS")
@@ -159,8 +162,10 @@ def main(argv: list[str] | None = None) -> int:
         path = ns.onnx
         if path is None:
             path = Path(tmp) / "reference.onnx"
-            _say(f"exporting DANet-ResNet{ns.depth}-OS{ns.output_stride} (random weights) ...")
-            export_reference(path, ns.depth, ns.output_stride, ns.num_classes, ns.logits)
+            _say(
+                f"exporting DANet-ResNet{ns.depth}-OS{ns.output_stride} (random weights, {ns.attention}) ..."
+            )
+            export_reference(path, ns.depth, ns.output_stride, ns.num_classes, ns.logits, ns.attention)
         results = []
         for name in names:
             arena, pattern, env = SETTINGS[name]

@@ -5,7 +5,9 @@
 1. trace :class:`export.wrapper.SegmentationWrapper` (uint8 NHWC in; normalisation, argmax and
    confidence in-graph; bounded-memory attention) with dynamic batch/height/width;
 2. write metadata (classes, palette, architecture, provenance, precision, ...) and save;
-3. verify (default): ``onnx.checker``, then onnxruntime vs PyTorch on several sizes;
+3. verify (default): ``onnx.checker``, then the graph judged against the PyTorch model run in float64,
+   with the float32 PyTorch run as the noise floor (:mod:`export.verify`), on several sizes; the
+   result is stored in the artifact's ``verification`` metadata;
 4. optional variants, each compared with the verified fp32 graph: ``<stem>.fp16.onnx`` (float16
    network, float32 normalisation/attention/softmax/argmax; for GPU providers) and
    ``<stem>.int8.onnx`` (static QDQ quantisation; for CPUs);
@@ -18,6 +20,7 @@ export never leaves a plausible-looking artifact behind.
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import logging
 import os
@@ -32,14 +35,16 @@ import numpy as np
 import onnx
 import torch
 
-from common.contract import OUTPUT_CONFIDENCE, OUTPUT_LABELS, OUTPUT_LOGITS
-from export.attention import DEFAULT_ATTENTION_BUDGET
+from common.contract import META_VERIFICATION, OUTPUT_CONFIDENCE, OUTPUT_LABELS, OUTPUT_LOGITS
+from export.attention import ATTENTION_MODES, DEFAULT_ATTENTION, DEFAULT_ATTENTION_BUDGET
 from export.graph import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, export_graph, finalize_graph
 from export.metadata import ModelDescription, exporter_version
 from export.quantize import CalibrationError, calibration_images, quantize_int8
 from export.triton import TritonModel, valid_model_name, write_triton_model
 from export.verify import (
+    DEFAULT_TOLERANCE,
     DEFAULT_VERIFY_SHAPES,
+    Tolerance,
     VerificationError,
     VerificationReport,
     check_graph,
@@ -57,10 +62,14 @@ __all__ = [
     "VerificationError",
     "export_onnx",
     "torch_reference",
+    "torch_references",
     "variant_path",
 ]
 
 logger = logging.getLogger(__name__)
+
+#: fp16 logits may differ from fp32 by this fraction of the largest fp32 logit (measured: README).
+FP16_RTOL = 0.05
 
 #: progress(step, total, message) is called when each stage starts.
 ProgressCallback = Callable[[int, int, str], None]
@@ -135,9 +144,15 @@ def variant_path(output: Path, precision: str) -> Path:
     return output.with_name(f"{output.stem}.{precision}{output.suffix or '.onnx'}")
 
 
-def torch_reference(model: torch.nn.Module, config: Any) -> Callable[[np.ndarray], dict[str, np.ndarray]]:
-    """The eager PyTorch counterpart of the graph (the model's own chunked attention)."""
-    wrapper = SegmentationWrapper(model, config, with_logits=True).eval()
+def torch_reference(
+    model: torch.nn.Module, config: Any, dtype: torch.dtype = torch.float32
+) -> Callable[[np.ndarray], dict[str, np.ndarray]]:
+    """The eager PyTorch counterpart of the graph (the model's own chunked attention).
+
+    ``dtype`` float64 runs a converted copy of the model (``model`` itself is not modified).
+    """
+    net = model if dtype == torch.float32 else copy.deepcopy(model).to(dtype)
+    wrapper = SegmentationWrapper(net.eval(), config, with_logits=True, dtype=dtype).eval()
 
     def run(batch: np.ndarray) -> dict[str, np.ndarray]:
         with torch.no_grad():
@@ -149,6 +164,13 @@ def torch_reference(model: torch.nn.Module, config: Any) -> Callable[[np.ndarray
         }
 
     return run
+
+
+def torch_references(
+    model: torch.nn.Module, config: Any
+) -> tuple[Callable[[np.ndarray], dict[str, np.ndarray]], Callable[[np.ndarray], dict[str, np.ndarray]]]:
+    """(truth, noise floor): the model in float64 and in float32."""
+    return torch_reference(model, config, torch.float64), torch_reference(model, config)
 
 
 def check_output(output: Path) -> None:
@@ -236,30 +258,34 @@ def export_onnx(
     eval_base_size: int | None = None,
     eval_crop_size: int | None = None,
     verify_shapes: Sequence[tuple[int, int, int]] = DEFAULT_VERIFY_SHAPES,
-    atol: float = 1e-3,
-    min_agreement: float = 0.9999,
+    tolerance: Tolerance = DEFAULT_TOLERANCE,
     fp16_min_agreement: float = 0.99,
     int8_min_agreement: float = 0.95,
     calibration_count: int = 16,
     attention_budget: int = DEFAULT_ATTENTION_BUDGET,
+    attention: str = DEFAULT_ATTENTION,
     progress: ProgressCallback | None = None,
 ) -> ExportReport:
     """Export ``loaded`` (a :class:`models.checkpoints.LoadedCheckpoint`) to ``output``.
 
-    Raises :class:`ExportError` for unusable options/paths and :class:`VerificationError` (with
-    ``.report``) when a graph misses its tolerance; nothing is left at the failed artifact's path.
+    ``tolerance`` is the fp32 rule (:class:`export.verify.Tolerance`: noise-floor relative by
+    default, ``atol``/``min_agreement`` as expert overrides). Raises :class:`ExportError` for
+    unusable options/paths and :class:`VerificationError` (with ``.report``) when a graph misses its
+    tolerance; nothing is left at the failed artifact's path.
     """
     output = Path(output)
     config = loaded.config
     model_name = name or output.stem
     _validate(opset, model_name, triton_repo, verify_shapes)
+    if attention not in ATTENTION_MODES:
+        raise ExportError(f"--attention must be one of {', '.join(ATTENTION_MODES)}, got {attention!r}.")
     check_output(output)
     if int8 and calibration is not None and not Path(calibration).is_dir():
         raise ExportError(f"The calibration directory {calibration} does not exist or is not a directory.")
 
     plan = {"trace": "Tracing the fp32 graph", "metadata": "Writing metadata"}
     if verify:
-        plan["verify"] = "Verifying fp32 against PyTorch"
+        plan["verify"] = "Verifying fp32 against PyTorch float64 (float32 as the noise floor)"
     if fp16:
         plan["fp16"] = "Exporting + checking the fp16 variant"
     if int8:
@@ -282,11 +308,12 @@ def export_onnx(
         )
 
     stage("trace")
-    graph = export_graph(loaded.model, config, opset=opset, attention_budget=attention_budget)
+    graph = export_graph(
+        loaded.model, config, opset=opset, attention_budget=attention_budget, attention=attention
+    )
     stage("metadata")
     props = describe("fp32").to_props()
     finalize_graph(graph, logits=logits, props=props)
-    reference = torch_reference(loaded.model, config)
 
     fp32_verification = None
     with _staged(output) as staging:
@@ -294,9 +321,11 @@ def export_onnx(
         if verify:
             stage("verify")
             # the written bytes are what gets checked, not the in-memory graph
+            truth, floor = torch_references(loaded.model, config)
             fp32_verification = verify_against_torch(
-                staging, reference, shapes=verify_shapes, atol=atol, min_agreement=min_agreement
+                staging, truth, floor, shapes=verify_shapes, tolerance=tolerance
             )
+            _record(graph, staging, fp32_verification)
         else:
             check_graph(staging)
     fp32 = VariantResult("fp32", output, model_name, output.stat().st_size, fp32_verification)
@@ -322,6 +351,7 @@ def export_onnx(
                 logits=logits,
                 opset=opset,
                 attention_budget=attention_budget,
+                attention=attention,
                 shapes=verify_shapes if verify else None,
                 min_agreement=fp16_min_agreement,
             )
@@ -383,6 +413,17 @@ class _Stages:
         return self.timings
 
 
+def _record(graph: onnx.ModelProto, path: Path, report: VerificationReport) -> None:
+    """Store the verification summary in the metadata of ``graph`` and rewrite it to ``path``.
+
+    Only ``metadata_props`` changes, so the verified computation is the one written.
+    """
+    entry = graph.metadata_props.add()
+    entry.key = META_VERIFICATION
+    entry.value = json.dumps(report.metadata(), separators=(",", ":"))
+    onnx.save(graph, str(path))
+
+
 def _calibration_size(preferred: tuple[int, int], max_side: int = 384) -> tuple[int, int]:
     height, width = preferred
     scale = min(1.0, max_side / max(height, width))
@@ -397,13 +438,19 @@ def _fp16_variant(
     logits: bool,
     opset: int,
     attention_budget: int,
+    attention: str,
     shapes: Sequence[tuple[int, int, int]] | None,
     min_agreement: float,
 ) -> VariantResult:
     """Trace the float16 network (see :class:`SegmentationWrapper`) and compare it with fp32."""
     path = variant_path(output, "fp16")
     graph = export_graph(
-        loaded.model, loaded.config, half=True, opset=opset, attention_budget=attention_budget
+        loaded.model,
+        loaded.config,
+        half=True,
+        opset=opset,
+        attention_budget=attention_budget,
+        attention=attention,
     )
     finalize_graph(graph, logits=logits, props=description.to_props())
     verification = None
@@ -417,8 +464,10 @@ def _fp16_variant(
                 subject="fp16 ONNX vs fp32 ONNX",
                 shapes=shapes,
                 min_agreement=min_agreement,
+                rtol=FP16_RTOL,
                 providers=_gpu_providers(),
             )
+            _record(graph, staging, verification)
     return VariantResult("fp16", path, description.model_name, path.stat().st_size, verification)
 
 
@@ -444,6 +493,7 @@ def _int8_variant(
             verification = compare_graphs(
                 staging, output, subject="int8 ONNX vs fp32 ONNX", shapes=shapes, min_agreement=min_agreement
             )
+            _record(graph, staging, verification)
     details["calibration_images"] = len(images)
     logger.debug("int8 details: %s", json.dumps(details))
     return VariantResult("int8", path, description.model_name, path.stat().st_size, verification, details)

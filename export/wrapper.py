@@ -37,7 +37,13 @@ class SegmentationWrapper(nn.Module):
     """
 
     def __init__(
-        self, model: nn.Module, config: DANetConfig, *, with_logits: bool = True, half: bool = False
+        self,
+        model: nn.Module,
+        config: DANetConfig,
+        *,
+        with_logits: bool = True,
+        half: bool = False,
+        dtype: torch.dtype = torch.float32,
     ) -> None:
         super().__init__()
         self.model = model
@@ -45,24 +51,26 @@ class SegmentationWrapper(nn.Module):
         self.half_precision = half
         self.labels_dtype = labels_dtype(config.num_classes)
         # 1/std is folded so the graph does one Sub and one Mul per pixel.
-        self.register_buffer("mean", torch.tensor(config.mean, dtype=torch.float32).view(1, 3, 1, 1))
+        # ``dtype`` float64 gives the verification's reference run (the network converted too).
+        self.register_buffer("mean", torch.tensor(config.mean, dtype=dtype).view(1, 3, 1, 1))
         self.register_buffer(
-            "inv_std", (1.0 / torch.tensor(config.std, dtype=torch.float64)).float().view(1, 3, 1, 1)
+            "inv_std", (1.0 / torch.tensor(config.std, dtype=torch.float64)).to(dtype).view(1, 3, 1, 1)
         )
 
     mean: Tensor
     inv_std: Tensor
 
     def normalise(self, image: Tensor) -> Tensor:
-        """uint8 NHWC -> float32 NCHW normalised with the checkpoint's mean/std."""
-        x = image.permute(0, 3, 1, 2).to(torch.float32)
+        """uint8 NHWC -> float NCHW (float32, or the wrapper's ``dtype``) normalised with mean/std."""
+        x = image.permute(0, 3, 1, 2).to(self.mean.dtype)
         return (x - self.mean) * self.inv_std
 
     def forward(self, image: Tensor) -> tuple[Tensor, ...]:
         x = self.normalise(image)
         if self.half_precision:
             x = x.half()
-        logits = self.model(x).float()
+        logits = self.model(x)
+        logits = logits.float() if logits.dtype == torch.float16 else logits
         labels = logits.argmax(dim=1).to(self.labels_dtype)
         peak = logits.amax(dim=1, keepdim=True)
         confidence = torch.reciprocal(torch.exp(logits - peak).sum(dim=1))

@@ -111,9 +111,16 @@ class Settings(BaseSettings):
     )
     cpu_mem_arena: bool = Field(
         True,
-        description="onnxruntime CPU memory arena. On: fastest (off costs 2-3x on the slim default model, "
-        "measured). Off: freed activations go back to the OS, which keeps one 1024x2048 DANet-R50 pass "
-        "near 1.07 GB peak RSS instead of 1.45-2.5 GB.",
+        description="onnxruntime CPU memory arena (expert switch; see cpu_arena_max_model_mb for the "
+        "per-model policy). On: fastest for small models (off costs 2-3x on the slim default model, "
+        "measured). Off: freed activations go back to the OS.",
+    )
+    cpu_arena_max_model_mb: float | None = Field(
+        64.0,
+        ge=0,
+        description="Per-model memory policy: a model whose file is larger than this (MB) runs without "
+        "the CPU arena, because the arena keeps the fragments of full-resolution activations (DANet-R50 "
+        "1024x2048: 1.49 GB peak RSS with it, 1.07 GB without, measured). None = arena for every model.",
     )
     gpu_mem_limit_mb: int | None = Field(None, ge=1, description="CUDA arena limit in MiB (None = no limit).")
     arena_extend_strategy: Literal["kSameAsRequested", "kNextPowerOfTwo"] = Field(

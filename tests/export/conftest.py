@@ -102,3 +102,93 @@ def tiny_export(tmp_path_factory: pytest.TempPathFactory, tiny_loaded: LoadedChe
     from export.onnx_export import export_onnx
 
     return export_onnx(tiny_loaded, tmp_path_factory.mktemp("onnx") / "tiny.onnx")
+
+
+# --------------------------------------------------------------------------- trained-scale checkpoints
+#: layout -> (upstream format, state-dict builder arguments, upstream forward arguments, export flags).
+#: Reduced widths (base 16) keep the real depths, strides, dilations and key layouts.
+REALISTIC_LAYOUTS: dict[str, tuple[str, dict[str, Any], dict[str, Any], list[str]]] = {
+    "official-r50-deepstem-os8": (
+        "official",
+        {"depth": 50, "deep_stem": True, "stem_width": 16, "base": 16},
+        {"os": 8},
+        [],
+    ),
+    "official-r101-7x7-os8-mg4-8-16": (
+        "official",
+        {"depth": 101, "deep_stem": False, "base": 16},
+        {"os": 8, "multi_dilation": [4, 8, 16]},
+        ["--multi-grid", "4,8,16"],
+    ),
+    "mmseg-r50-v1c-os8": (
+        "mmseg",
+        {"depth": 50, "deep_stem": True, "stem_channels": 32, "base": 16},
+        {"os": 8},
+        [],
+    ),
+    "official-r50-deepstem-os16": (
+        "official",
+        {"depth": 50, "deep_stem": True, "stem_width": 16, "base": 16},
+        {"os": 16},
+        ["--output-stride", "16"],
+    ),
+}
+
+
+def normalised(batch: Any) -> torch.Tensor:
+    """uint8 NHWC -> float64 NCHW normalised with the ImageNet statistics (both upstreams' choice)."""
+    from models.config import IMAGENET_MEAN, IMAGENET_STD
+
+    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float64).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, dtype=torch.float64).view(1, 3, 1, 1)
+    return (torch.from_numpy(batch).permute(0, 3, 1, 2).double() - mean) / std
+
+
+def calibration_batch() -> torch.Tensor:
+    """Four street scenes, normalised: what the BN statistics of the random checkpoints are set from."""
+    import numpy as np
+
+    from export.verify import make_inputs
+
+    return normalised(np.concatenate(make_inputs([(4, 96, 128)], seed=7)))
+
+
+def realistic_state_dict(layout: str) -> dict[str, torch.Tensor]:
+    """A random upstream state dict with calibrated BN statistics and trained-scale logits."""
+    ref = reference_module()
+    kind, builder, forward, _ = REALISTIC_LAYOUTS[layout]
+    make = ref.official_state_dict if kind == "official" else ref.mmseg_state_dict
+    state = make(num_classes=19, seed=3, **builder)
+    calibrated: dict[str, torch.Tensor] = ref.calibrate(state, calibration_batch(), layout=kind, **forward)
+    return calibrated
+
+
+@pytest.fixture(scope="session")
+def realistic(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """``realistic(layout)`` -> (checkpoint path, state dict, JSON report of a default-flag ``danet-export``).
+
+    Built once per layout and session: the export tests and the mutation tests share them.
+    """
+    import contextlib
+    import io
+    import json
+
+    from export.cli import main
+
+    cache: dict[str, tuple[Path, dict[str, torch.Tensor], dict[str, Any]]] = {}
+
+    def build(layout: str) -> tuple[Path, dict[str, torch.Tensor], dict[str, Any]]:
+        if layout not in cache:
+            folder = tmp_path_factory.mktemp(layout)
+            state = realistic_state_dict(layout)
+            checkpoint = folder / "danet.pth"
+            torch.save({"state_dict": state}, checkpoint)
+            flags = REALISTIC_LAYOUTS[layout][3]
+            stdout = io.StringIO()
+            with contextlib.redirect_stdout(stdout):
+                status = main([str(checkpoint), "--output", str(folder / "danet.onnx"), "--json", *flags])
+            assert status == 0, f"default-flag danet-export refused {layout}"
+            cache[layout] = (checkpoint, state, json.loads(stdout.getvalue()))
+        return cache[layout]
+
+    return build

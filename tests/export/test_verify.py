@@ -9,8 +9,11 @@ import numpy as np
 import onnx
 import pytest
 
-from export.onnx_export import torch_reference
+from common.contract import META_VERIFICATION
+from export.metadata import read_metadata
+from export.onnx_export import torch_references
 from export.verify import (
+    Tolerance,
     VerificationError,
     check_graph,
     compare_graphs,
@@ -32,13 +35,20 @@ def _largest_float_initializer(model: onnx.ModelProto) -> onnx.TensorProto:
     return max(floats, key=lambda t: int(np.prod(t.dims)))
 
 
+def _references(loaded: Any) -> tuple[Any, Any]:
+    return torch_references(loaded.model, loaded.config)
+
+
 def test_untampered_graph_passes_with_tight_numbers(tiny_export: Any, tiny_loaded: Any) -> None:
-    report = verify_against_torch(
-        _load(tiny_export), torch_reference(tiny_loaded.model, tiny_loaded.config), shapes=SHAPES
-    )
+    report = verify_against_torch(_load(tiny_export), *_references(tiny_loaded), shapes=SHAPES)
     assert report.passed
     assert report.max_abs_logit_diff < 1e-4
-    assert report.agreement == 1.0
+    assert 0 < report.noise_floor < 1e-4  # float32 PyTorch is not exact either
+    assert report.agreement == 1.0 and report.floor_agreement == 1.0
+    allowed = max(4 * report.noise_floor, 1e-4 * report.logit_scale)
+    assert report.allowed_logit_diff == pytest.approx(allowed)
+    text = report.summary()
+    assert "noise floor" in text and "argmax agreement 100.0000%" in text and "[ok" in text
     assert len(report.cases) == 2 and report.cases[1].shape == (1, 41, 57)
     # the report the export itself produced covers square, non-square and odd sizes
     shapes = [case.shape for case in tiny_export.verification.cases]
@@ -53,10 +63,10 @@ def test_tampered_weights_are_caught(tiny_export: Any, tiny_loaded: Any) -> None
     weights *= 1.05  # a 5% change in one convolution
     tensor.CopyFrom(onnx.numpy_helper.from_array(weights, tensor.name))
     with pytest.raises(VerificationError) as caught:
-        verify_against_torch(model, torch_reference(tiny_loaded.model, tiny_loaded.config), shapes=SHAPES)
+        verify_against_torch(model, *_references(tiny_loaded), shapes=SHAPES)
     report = caught.value.report
     assert report is not None and not report.passed
-    assert report.max_abs_logit_diff > 1e-3
+    assert report.max_abs_logit_diff > report.allowed_logit_diff
     assert "FAILED" in str(caught.value)
 
 
@@ -69,7 +79,7 @@ def test_tampered_normalisation_is_caught(tiny_export: Any, tiny_loaded: Any) ->
     assert values.shape == (1, 3, 1, 1) and values.min() > 100
     mean.CopyFrom(onnx.numpy_helper.from_array(values / 255.0, mean.name))
     with pytest.raises(VerificationError):
-        verify_against_torch(model, torch_reference(tiny_loaded.model, tiny_loaded.config), shapes=SHAPES)
+        verify_against_torch(model, *_references(tiny_loaded), shapes=SHAPES)
 
 
 def test_checker_failure_is_a_verification_error(tiny_export: Any) -> None:
@@ -99,3 +109,26 @@ def test_logits_are_exposed_only_from_our_graphs(tiny_export: Any) -> None:
         node.output[:] = [name.replace("logits", "renamed") for name in node.output]
     with pytest.raises(VerificationError, match="logits"):
         with_logits_output(model)
+
+
+def test_expert_overrides_replace_the_relative_rule(tiny_export: Any, tiny_loaded: Any) -> None:
+    graph, (truth, floor) = _load(tiny_export), _references(tiny_loaded)
+    with pytest.raises(VerificationError, match="--atol"):
+        verify_against_torch(graph, truth, floor, shapes=SHAPES, tolerance=Tolerance(atol=1e-12))
+    with pytest.raises(VerificationError, match="agreement >= 101"):
+        verify_against_torch(
+            graph, truth, floor, shapes=SHAPES, tolerance=Tolerance(atol=10.0, min_agreement=1.01)
+        )
+    loose = verify_against_torch(graph, truth, floor, shapes=SHAPES, tolerance=Tolerance(atol=10.0))
+    assert loose.passed and loose.allowed_logit_diff == 10.0
+
+
+def test_verification_is_stored_in_the_artifact(tiny_export: Any) -> None:
+    stored = read_metadata(_load(tiny_export))[META_VERIFICATION]
+    report = tiny_export.verification
+    assert stored["passed"] is True and stored["subject"] == report.subject
+    assert stored["max_abs_logit_diff"] == pytest.approx(report.max_abs_logit_diff, rel=1e-3)
+    assert stored["noise_floor"] == pytest.approx(report.noise_floor, rel=1e-3)
+    assert stored["agreement"] == pytest.approx(report.agreement)
+    assert stored["rule"] == {"k": 4.0, "rtol": 1e-4, "margin": 0.001}
+    assert len(stored["shapes"]) == 3

@@ -152,7 +152,14 @@ def mmseg_state_dict(
 
 
 # --------------------------------------------------------------------------- functional pieces
+#: While non-empty, every BN sets its running statistics from its input first (see :func:`calibrate`).
+_CALIBRATING: list[bool] = []
+
+
 def _bn(x: Tensor, sd: dict[str, Tensor], key: str) -> Tensor:
+    if _CALIBRATING:
+        sd[key + ".running_mean"] = x.mean(dim=(0, 2, 3)).detach().clone()
+        sd[key + ".running_var"] = x.var(dim=(0, 2, 3), unbiased=False).detach().clone()
     return F.batch_norm(
         x, sd[key + ".running_mean"], sd[key + ".running_var"], sd[key + ".weight"], sd[key + ".bias"],
         training=False, momentum=0.0, eps=1e-5,
@@ -322,3 +329,37 @@ def mmseg_forward(
         return F.interpolate(t, size, mode="bilinear", align_corners=False)
 
     return up(fused), up(pam_out), up(cam_out)
+
+
+# --------------------------------------------------------------------------- trained-scale weights
+CLASSIFIERS = {
+    "official": ("head.conv8.1", "head.conv6.1", "head.conv7.1"),
+    "mmseg": ("decode_head.conv_seg", "decode_head.pam_conv_seg", "decode_head.cam_conv_seg"),
+}
+
+
+def calibrate(
+    sd: dict[str, Tensor], x: Tensor, *, layout: str, logit_scale: float = 30.0, **forward_kwargs: object
+) -> dict[str, Tensor]:
+    """Random weights made to behave like a trained network's (what the export tests need).
+
+    Every BN's running statistics are set from one float64 pass over the calibration batch ``x``
+    (normalised images), in forward order, as BN training would leave them; then each classifier
+    is scaled so that the largest |logit| on ``x`` is ``logit_scale`` (trained DANets: 20-40).
+    Returns a new float32 state dict.
+    """
+    forward = {"official": official_forward, "mmseg": mmseg_forward}[layout]
+    calibrated = {k: v.double() if v.is_floating_point() else v.clone() for k, v in sd.items()}
+    _CALIBRATING.append(True)
+    try:
+        with torch.no_grad():
+            forward(calibrated, x.double(), **forward_kwargs)  # type: ignore[arg-type]
+    finally:
+        _CALIBRATING.pop()
+    with torch.no_grad():
+        outputs = forward(calibrated, x.double(), **forward_kwargs)  # type: ignore[arg-type]
+    for key, logits in zip(CLASSIFIERS[layout], outputs, strict=True):
+        factor = logit_scale / logits.abs().max()
+        calibrated[key + ".weight"] = calibrated[key + ".weight"] * factor
+        calibrated[key + ".bias"] = calibrated[key + ".bias"] * factor
+    return {k: v.float() if v.is_floating_point() else v for k, v in calibrated.items()}
