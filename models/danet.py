@@ -78,12 +78,8 @@ class DANetHead(nn.Module):
 
     def forward(self, x: Tensor, aux: bool = False) -> tuple[Tensor, ...]:
         """``(fused,)`` or, with ``aux``, ``(fused, pam_only, cam_only)`` at feature resolution."""
-        # Both input convolutions first: the backbone features (the largest tensor of the head,
-        # 2048 channels on ResNet-50/101) can then be freed before the attention runs; the cheap
-        # channel branch next, so only its result waits while the position attention runs.
-        pam_in, cam_in = self.pam_in(x), self.cam_in(x)
-        cam_feat = self.cam_out(self.cam(cam_in))
-        pam_feat = self.pam_out(self.pam(pam_in))
+        pam_feat = self.pam_out(self.pam(self.pam_in(x)))
+        cam_feat = self.cam_out(self.cam(self.cam_in(x)))
         fused = self.cls_fused(self.dropout(pam_feat + cam_feat))
         if not aux:
             return (fused,)

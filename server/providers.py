@@ -8,9 +8,12 @@ is logged loudly, and ``require_gpu`` turns it into a start-up failure.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import functools
 import io
 import logging
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -109,6 +112,28 @@ def use_cpu_arena(settings: Settings, model_bytes: int) -> bool:
     return settings.cpu_mem_arena and (limit is None or model_bytes <= limit * 1e6)
 
 
+#: glibc ``mallopt`` parameter number of M_MMAP_THRESHOLD.
+_M_MMAP_THRESHOLD = -3
+
+
+@functools.cache
+def pin_mmap_threshold(threshold: int = 128 * 1024) -> bool:
+    """Pin glibc's mmap threshold so that large freed blocks go back to the OS (once per process).
+
+    Without the CPU arena, onnxruntime frees every activation; but glibc raises its mmap threshold
+    after the first large free (up to 32 MiB), after which freed blocks below it stay in the heap:
+    the model-loading buffers alone kept ~175 MB resident for DANet-R50 (measured). Respects an
+    explicit ``MALLOC_MMAP_THRESHOLD_``; a no-op where glibc is not the C library.
+    """
+    if "MALLOC_MMAP_THRESHOLD_" in os.environ:
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.mallopt(_M_MMAP_THRESHOLD, threshold))
+    except (OSError, AttributeError):
+        return False
+
+
 def session_options(settings: Settings, model_bytes: int = 0) -> ort.SessionOptions:
     options = ort.SessionOptions()
     options.graph_optimization_level = _OPT_LEVELS[settings.graph_optimization]
@@ -148,6 +173,8 @@ def create_session(
         _preload_cuda_libraries()
     source = str(model) if isinstance(model, Path) else model
     model_bytes = _size_of(model)
+    if not use_cpu_arena(settings, model_bytes):
+        pin_mmap_threshold()  # before loading: the loading buffers are the largest early frees
     attempt = list(plan)
     last_error: Exception | None = None
     session = None

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from server.providers import session_options, use_cpu_arena
+import platform
+
+import pytest
+
+from server.providers import pin_mmap_threshold, session_options, use_cpu_arena
 from server.settings import Settings
 
 
@@ -19,3 +23,12 @@ def test_expert_switches() -> None:
     assert use_cpu_arena(Settings(cpu_arena_max_model_mb=None), 10**10)
     assert not use_cpu_arena(Settings(cpu_mem_arena=False), 1)
     assert Settings(cpu_arena_max_model_mb=500).cpu_arena_max_model_mb == 500.0
+
+
+def test_mmap_threshold_is_pinned_unless_the_user_set_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    pin = pin_mmap_threshold.__wrapped__  # uncached
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "65536")
+    assert pin() is False
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_")
+    if platform.libc_ver()[0] == "glibc":
+        assert pin() is True
