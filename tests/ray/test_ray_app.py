@@ -3,6 +3,8 @@ Serve's limits from the engine's queue bound."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import yaml
 
@@ -55,3 +57,14 @@ def test_serve_config_registers_both_grpc_services() -> None:
     for service in ray_grpc._SERVICES.values():
         for method in service.methods:
             assert callable(getattr(ray_app.DanetReplica, method.name)), method.name
+
+
+def test_docs_commands_name_real_files() -> None:
+    root = SERVE_CONFIG.parents[2]
+    text = (root / "docs" / "ray.md").read_text(encoding="utf-8") + (root / "README.md").read_text(
+        encoding="utf-8"
+    )
+    paths = re.findall(r"(?:serve run|serve deploy|kubectl apply -f) (deploy/\S+)", text)
+    assert {"deploy/ray/serve.yaml", "deploy/kuberay/rayservice.yaml"} <= set(paths)
+    for path in paths:
+        assert (root / path).is_file(), path
