@@ -10,6 +10,7 @@ Adapters only translate requests and ``server.errors`` exceptions.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Sequence
@@ -133,6 +134,14 @@ class Engine:
             extra={"model": info.name, "version": info.version, "provider": handle.provider},
         )
         return LoadedVersion(info=info, handle=handle, batcher=batcher, use_io_binding=use_io_binding)
+
+    def serving(self, name: str, versions: list[str], retired: list[str]) -> None:
+        """After a switch: ``danet_model_version_serving`` follows (called by the repository)."""
+        for version in versions:
+            self.metrics.serving.labels(name, version).set(1)
+        for version in retired:
+            with contextlib.suppress(KeyError):
+                self.metrics.serving.remove(name, version)
 
     async def warm_up(self) -> None:
         """Warm every served version, then ready (and, in poll mode, start watching the repository)."""

@@ -64,6 +64,12 @@ class Metrics:
             registry=r,
         )
         self.ready = Gauge("danet_ready", "1 once models are loaded and warmed up", registry=r)
+        self.serving = Gauge(
+            "danet_model_version_serving",
+            "1 for each model version that serves",
+            ["model", "version"],
+            registry=r,
+        )
 
     def track_queue(self, model: str, depth: Callable[[], float]) -> None:
         self.queue_depth.labels(model).set_function(depth)

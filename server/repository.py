@@ -80,11 +80,14 @@ class VersionStatus:
 
 
 class Runtime(Protocol):
-    """What the repository needs from the engine: wrap a session for execution, and warm it up."""
+    """What the repository needs from the engine: wrap a session for execution, warm it up, and hear which
+    versions serve after each switch (metrics)."""
 
     def attach(self, info: ModelInfo, handle: SessionHandle) -> LoadedVersion: ...
 
     async def warm(self, entry: LoadedVersion) -> None: ...
+
+    def serving(self, name: str, versions: list[str], retired: list[str]) -> None: ...
 
 
 def _by_version(entries: dict[str, LoadedVersion]) -> dict[str, LoadedVersion]:
@@ -228,6 +231,8 @@ class ModelRepository:
             raise ModelLoadError(f"default_model {default!r} is not among the loaded models {sorted(loaded)}")
         with self._lock:
             self._served = {name: {"1": entry} for name, entry in loaded.items()}
+        for name in loaded:
+            self._runtime.serving(name, ["1"], [])
         self._status = {name: {"1": VersionStatus(READY)} for name in loaded}
 
     async def _load_repository(self) -> None:
@@ -336,6 +341,7 @@ class ModelRepository:
             status[version] = VersionStatus(
                 READY, fingerprint=found.versions[version].fingerprint if found else ()
             )
+        self._runtime.serving(name, list(served), [v for v in current if v not in served])
         if fresh or replaced:
             logger.info(
                 "model %s now serves version(s) %s",

@@ -213,6 +213,9 @@ def test_explicit_load_swap_failure_and_unload(app_factory: Any, tmp_path: Path)
     assert client.post("/v2/repository/models/tiny/load", json={"parameters": {}}).status_code == 200
     gc.collect()
     assert old_session() is None  # v1 was released, not just hidden
+    metrics = client.get("/metrics").text
+    assert 'danet_model_version_serving{model="tiny",version="2"} 1.0' in metrics
+    assert 'version="1"' not in metrics.split("danet_model_version_serving", 1)[1]
     index = client.post("/v2/repository/index").json()
     assert {"name": "tiny", "version": "1", "state": "UNAVAILABLE", "reason": "unloaded"} in index
     assert {"name": "tiny", "version": "2", "state": "READY"} in index
@@ -239,6 +242,7 @@ def test_explicit_load_swap_failure_and_unload(app_factory: Any, tmp_path: Path)
     ):
         assert response.status_code == 404, response.text
     assert client.get("/v1/models").json() == {"models": []}
+    assert 'danet_model_version_serving{model="tiny"' not in client.get("/metrics").text
     assert client.post("/v2/repository/models/nope/load").status_code == 404
     assert client.post("/v2/repository/models/nope/unload").status_code == 404
     override = client.post("/v2/repository/models/tiny/load", json={"parameters": {"config": "{}"}})
