@@ -2,7 +2,8 @@
 
 Head node (no replica resource: it runs the Serve controller and the one HTTP proxy) plus worker nodes,
 each with its own ``num_cpus``, a small object store and one unit of ``REPLICA_RESOURCE``, so that every
-replica needs a worker of its own and two replicas always sit on two different nodes. Applications are
+replica needs a worker of its own and two replicas always sit on two different nodes. The third worker is
+the spare that takes a replica when a worker node is killed. Applications are
 deployed the way users deploy them: ``serve run --non-blocking CONFIG`` with a copy of
 ``deploy/ray/serve.yaml`` in which only the port, the proxy location, the model and the placement change.
 """
@@ -104,6 +105,12 @@ class ServeCluster:
     def running(self) -> int:
         return self.replica_states().get("RUNNING", 0)
 
+    def remove_worker(self, node_id_prefix: str) -> str:
+        """Kill every process of the worker node whose id starts with ``node_id_prefix``, as a crash would."""
+        (node,) = [n for n in self.cluster.worker_nodes if n.node_id.startswith(node_id_prefix)]
+        self.cluster.remove_node(node, allow_graceful=False)
+        return str(node.node_id)
+
     def kill_replica(self, unique_id: str) -> None:
         """Kill one replica actor outright (no graceful shutdown), as a crash would."""
         names = [
@@ -116,7 +123,7 @@ class ServeCluster:
 
 
 def start_cluster(
-    model: Path, http_port: int, grpc_port: int, config_dir: Path, workers: int = 2
+    model: Path, http_port: int, grpc_port: int, config_dir: Path, workers: int = 3
 ) -> ServeCluster:
     cluster = Cluster(initialize_head=True, head_node_args={**NODE, "num_cpus": 1})
     try:

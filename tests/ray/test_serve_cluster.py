@@ -9,7 +9,7 @@ from __future__ import annotations
 import io
 import threading
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -131,10 +131,18 @@ def test_requests_spread_over_replicas_on_different_nodes(cluster: ServeCluster)
     nodes = {name.split("@")[1] for name in replicas}
     assert len(nodes) == 2
     assert nodes <= {node[:12] for node in cluster.worker_node_ids()}
+    assert len(cluster.worker_node_ids()) == 3  # the third is the spare
 
 
-def test_replica_crash_under_a_stream_of_requests(cluster: ServeCluster, expected: np.ndarray) -> None:
-    total, kill_after = 120, 20
+def stream_with_fault(
+    cluster: ServeCluster,
+    expected: np.ndarray,
+    fault: Callable[[str], object],
+    total: int = 120,
+    at: int = 20,
+) -> tuple[Counter[int], str]:
+    """``total`` requests at concurrency 4; after ``at`` answers, ``fault(replica that gave answer #at)``.
+    Checks that none hung or failed at the transport and every 200 has the right map; returns the statuses."""
     outcomes: list[tuple[int, str, bool]] = []  # (status, replica, correct map)
     errors: list[str] = []
     failed: list[str] = []
@@ -155,30 +163,56 @@ def test_replica_crash_under_a_stream_of_requests(cluster: ServeCluster, expecte
 
     with httpx.Client(timeout=REQUEST_TIMEOUT_S) as client, ThreadPoolExecutor(4) as pool:
         futures = [pool.submit(one, client) for _ in range(total)]
-        wait_for(lambda: len(outcomes) >= kill_after, 60, f"{kill_after} answers", every_s=0.01)
-        victim = outcomes[kill_after - 1][1]
-        cluster.kill_replica(victim.split("@")[0])
+        wait_for(lambda: len(outcomes) >= at, 60, f"{at} answers", every_s=0.01)
+        victim = outcomes[at - 1][1]
+        fault(victim)
         for future in futures:
             future.result()
 
     statuses = Counter(status for status, _, _ in outcomes)
-    print(
-        f"replica crash during {total} requests: {dict(statuses)}, transport errors {len(errors)}, {failed}"
-    )
+    print(f"{fault.__name__} during {total} requests: {dict(statuses)}, transport errors {errors}, {failed}")
     assert errors == [] and len(outcomes) == total
     assert all(correct for status, _, correct in outcomes if status == 200)
-    # Requests running inside the killed replica are lost (Ray's proxy answers 500 for an actor that
-    # died mid-request); everything else is answered by the survivor.
-    assert set(statuses) <= {200, 500, 503}
-    assert statuses[200] >= total - 8  # at most 4 in flight (the pool) + a few routed before the death
+    return statuses, victim
 
-    # Serve replaces the dead replica on its own (no call from here); the proxy then routes to both again.
+
+def wait_until_replaced(cluster: ServeCluster, victim: str) -> None:
+    """Serve replaces the lost replica on its own (no call from here); then both live replicas answer."""
+
     def replaced() -> bool:
         answering = set(replicas_answering(cluster))
         return len(answering) == 2 and victim not in answering
 
-    wait_for(replaced, 120, "two live replicas answering, the killed one replaced")
+    wait_for(replaced, 120, "two live replicas answering, the lost one replaced")
     assert cluster.running() == 2
+
+
+def test_replica_crash_under_a_stream_of_requests(cluster: ServeCluster, expected: np.ndarray) -> None:
+    def kill_replica(victim: str) -> None:
+        cluster.kill_replica(victim.split("@")[0])
+
+    statuses, victim = stream_with_fault(cluster, expected, kill_replica)
+    # Requests running inside the killed replica are lost (Ray's proxy answers 500 for an actor that
+    # died mid-request); everything else is answered by the survivor.
+    assert set(statuses) <= {200, 500, 503}
+    assert statuses[200] >= 120 - 8  # at most 4 in flight (the pool) + a few routed before the death
+    wait_until_replaced(cluster, victim)
+
+
+def test_worker_node_crash_under_a_stream_of_requests(cluster: ServeCluster, expected: np.ndarray) -> None:
+    before = cluster.worker_node_ids()
+    removed: list[str] = []
+
+    def kill_worker_node(victim: str) -> None:
+        removed.append(cluster.remove_worker(victim.split("@")[1]))
+
+    statuses, victim = stream_with_fault(cluster, expected, kill_worker_node)
+    assert set(statuses) <= {200, 500, 503}
+    assert statuses[200] >= 120 - 8
+    wait_until_replaced(cluster, victim)
+    # the replacement runs on the spare worker: the two replicas are on the two remaining workers
+    nodes = {name.split("@")[1] for name in replicas_answering(cluster)}
+    assert nodes == {node[:12] for node in before - set(removed)}
 
 
 def test_autoscaling_up_under_load_and_down_after_with_clean_overload(cluster: ServeCluster) -> None:
