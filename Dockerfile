@@ -1,5 +1,3 @@
-# syntax=docker/dockerfile:1
-#
 # danet-serve images (docs/deploy.md). Targets:
 #   cpu     python:3.11-slim + onnxruntime (CPU build); the default target (last stage)
 #   gpu     CUDA 13 + cuDNN 9 runtime + onnxruntime-gpu
@@ -8,34 +6,37 @@
 # runtime dependencies and nothing else: no torch, no compiler, no build tools. Configuration is by
 # DANET_* environment variables (server/settings.py); the entry point is exec-form so SIGTERM reaches
 # the server, which then stops accepting, drains and exits.
+# No `# syntax=` line: the builder's own Dockerfile frontend (BuildKit, Docker >= 20.10) has everything used
+# here (RUN --mount), and fetching a frontend image would need a registry, which offline builders lack.
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 ARG CUDA_IMAGE=nvidia/cuda:13.0.1-cudnn-runtime-ubuntu24.04
+
+# Layers are few on purpose: every RUN/COPY is one layer, and storage drivers without overlays (vfs in CI)
+# copy the whole file system per layer. Helper scripts that only run at build time are bind-mounted.
+# pip configuration (optional): every pip step mounts the build secret `pip_conf` as /etc/pip.conf, e.g.
+# a private index with its credentials: `docker build --secret id=pip_conf,src=$HOME/.config/pip/pip.conf .`
+# A secret is neither stored in the image nor part of the cache key. tests/deploy points it at a host
+# wheelhouse (deploy/docker/wheelhouse.py). Without it pip uses PyPI.
 
 # ---------------------------------------------------------------------------------------------------
 # builder: the project wheel (pure Python, no torch) plus one requirement list per image flavour.
 FROM ${PYTHON_IMAGE} AS builder
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
-WORKDIR /src
-RUN pip install "packaging==24.2"
-COPY pyproject.toml README.md ./
-COPY common/ common/
-COPY models/ models/
-COPY export/ export/
-COPY server/ server/
-COPY client/ client/
-COPY bench/ bench/
-COPY protos/ protos/
-COPY deploy/docker/runtime_requirements.py /usr/local/bin/runtime_requirements.py
+# The build context is exactly the wheel's sources (.dockerignore is an allow-list), mounted read-write
+# so setuptools can write its build/ folder; those writes are discarded.
 # pyproject.toml wants onnxruntime-gpu on Linux x86_64; runtime_requirements.py swaps in the build each
 # flavour needs, so the wheel is installed with --no-deps next to an explicit list (see its docstring).
-RUN pip wheel --no-deps --wheel-dir /wheels . \
-    && python /usr/local/bin/runtime_requirements.py /wheels/danet_serve-*.whl --flavour cpu \
-        > /wheels/requirements-cpu.txt \
-    && python /usr/local/bin/runtime_requirements.py /wheels/danet_serve-*.whl --flavour gpu \
-        > /wheels/requirements-gpu.txt \
-    && python /usr/local/bin/runtime_requirements.py /wheels/danet_serve-*.whl --flavour cpu --extra export \
+RUN --mount=type=bind,target=/src,rw \
+    --mount=type=secret,id=pip_conf,target=/etc/pip.conf \
+    pip install "packaging==24.2" \
+    && pip wheel --no-deps --wheel-dir /wheels /src \
+    && for flavour in cpu gpu; do \
+        python /src/deploy/docker/runtime_requirements.py /wheels/danet_serve-*.whl --flavour "$flavour" \
+            > "/wheels/requirements-$flavour.txt"; \
+    done \
+    && python /src/deploy/docker/runtime_requirements.py /wheels/danet_serve-*.whl --flavour cpu --extra export \
         > /wheels/requirements-export.txt
 
 # ---------------------------------------------------------------------------------------------------
@@ -51,10 +52,15 @@ ENV DEBIAN_FRONTEND=noninteractive \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     VIRTUAL_ENV=/opt/venv \
     PATH=/opt/venv/bin:$PATH
+COPY deploy/docker/healthcheck.py /usr/local/bin/danet-healthcheck
 # Ubuntu's python3 package versions move with the base image's security updates; pinning them would
 # break the build whenever the archive drops the pinned version, so the base image tag is the pin.
-# hadolint ignore=DL3008
-RUN apt-get update \
+# TENSORRT_LIBS is a requirement spec chosen by whoever builds (empty = skipped), pinned there, not here.
+# hadolint ignore=DL3008,DL3013
+RUN --mount=type=bind,from=builder,source=/wheels,target=/tmp/wheels \
+    --mount=type=secret,id=pip_conf,target=/etc/pip.conf \
+    --mount=type=bind,source=deploy/docker/check_image.py,target=/tmp/check_image.py \
+    apt-get update \
     && apt-get install -y --no-install-recommends python3 python3-venv \
     && rm -rf /var/lib/apt/lists/* \
     && python3 -m venv /opt/venv \
@@ -62,21 +68,16 @@ RUN apt-get update \
     && useradd --system --uid 10001 --gid danet --create-home --home-dir /home/danet \
         --shell /usr/sbin/nologin danet \
     && mkdir -p /models /var/cache/danet-serve/tensorrt \
-    && chown danet:danet /models /var/cache/danet-serve/tensorrt
-# TENSORRT_LIBS is a requirement spec chosen by whoever builds (empty = skipped), pinned there, not here.
-# hadolint ignore=DL3013
-RUN --mount=type=bind,from=builder,source=/wheels,target=/tmp/wheels \
-    pip install -r /tmp/wheels/requirements-gpu.txt \
+    && chown danet:danet /models /var/cache/danet-serve/tensorrt \
+    && pip install -r /tmp/wheels/requirements-gpu.txt \
     && pip install --no-deps /tmp/wheels/danet_serve-*.whl \
     && if [ -n "${TENSORRT_LIBS}" ]; then \
         pip install "${TENSORRT_LIBS}" \
         && python -c "import os, tensorrt_libs; print(os.path.dirname(tensorrt_libs.__file__))" \
             > /etc/ld.so.conf.d/tensorrt-libs.conf \
         && ldconfig; \
-    fi
-COPY deploy/docker/check_image.py /usr/local/lib/danet/check_image.py
-RUN python /usr/local/lib/danet/check_image.py --flavour gpu
-COPY deploy/docker/healthcheck.py /usr/local/bin/danet-healthcheck
+    fi \
+    && python /tmp/check_image.py --flavour gpu
 ENV DANET_HOST=0.0.0.0 \
     DANET_HTTP_PORT=8000 \
     DANET_GRPC_PORT=8001 \
@@ -92,6 +93,23 @@ HEALTHCHECK --interval=10s --timeout=5s --start-period=180s --retries=3 \
 ENTRYPOINT ["danet-serve"]
 
 # ---------------------------------------------------------------------------------------------------
+# gpu-report: the gpu image plus what `python -m bench.gpu_report` needs to export its models (torch, CPU
+# build) and read GPU memory (nvidia-ml-py). For measuring a GPU, never for serving (docs/deploy.md).
+FROM gpu AS gpu-report
+ARG TORCH_INDEX_URL=""
+USER 0:0
+# nvidia-ml-py only reads NVML through the driver; any release does, so it is left unpinned.
+# hadolint ignore=DL3013
+RUN --mount=type=bind,from=builder,source=/wheels,target=/tmp/wheels \
+    --mount=type=secret,id=pip_conf,target=/etc/pip.conf \
+    grep -v -E '^onnxruntime([=<>~! ;]|$)' /tmp/wheels/requirements-export.txt > /tmp/export.txt \
+    && pip install ${TORCH_INDEX_URL:+--extra-index-url "${TORCH_INDEX_URL}"} -r /tmp/export.txt nvidia-ml-py \
+    && rm /tmp/export.txt
+USER 10001:10001
+ENTRYPOINT ["python", "-m", "bench.gpu_report"]
+CMD ["--help"]
+
+# ---------------------------------------------------------------------------------------------------
 # export: torch (CPU build) + onnx tooling for `docker compose --profile export run export`.
 FROM ${PYTHON_IMAGE} AS export
 # Index holding torch's CPU-only wheels. Empty = the default index, whose Linux x86_64 torch wheel also
@@ -101,13 +119,14 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
-RUN groupadd --system --gid 10001 danet \
+RUN --mount=type=bind,from=builder,source=/wheels,target=/tmp/wheels \
+    --mount=type=secret,id=pip_conf,target=/etc/pip.conf \
+    groupadd --system --gid 10001 danet \
     && useradd --system --uid 10001 --gid danet --create-home --home-dir /home/danet \
         --shell /usr/sbin/nologin danet \
     && mkdir -p /models /checkpoints \
-    && chown danet:danet /models
-RUN --mount=type=bind,from=builder,source=/wheels,target=/tmp/wheels \
-    pip install ${TORCH_INDEX_URL:+--extra-index-url "${TORCH_INDEX_URL}"} -r /tmp/wheels/requirements-export.txt \
+    && chown danet:danet /models \
+    && pip install ${TORCH_INDEX_URL:+--extra-index-url "${TORCH_INDEX_URL}"} -r /tmp/wheels/requirements-export.txt \
     && pip install --no-deps /tmp/wheels/danet_serve-*.whl
 USER 10001:10001
 WORKDIR /home/danet
@@ -121,17 +140,20 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
-RUN groupadd --system --gid 10001 danet \
+COPY deploy/docker/healthcheck.py /usr/local/bin/danet-healthcheck
+# One layer: user, folders, dependencies, the wheel, and the build-time gate (check_image.py fails the
+# build when torch or a compiler got in, or the default model or CPU provider is missing).
+RUN --mount=type=bind,from=builder,source=/wheels,target=/tmp/wheels \
+    --mount=type=secret,id=pip_conf,target=/etc/pip.conf \
+    --mount=type=bind,source=deploy/docker/check_image.py,target=/tmp/check_image.py \
+    groupadd --system --gid 10001 danet \
     && useradd --system --uid 10001 --gid danet --create-home --home-dir /home/danet \
         --shell /usr/sbin/nologin danet \
     && mkdir -p /models /var/cache/danet-serve/tensorrt \
-    && chown danet:danet /models /var/cache/danet-serve/tensorrt
-RUN --mount=type=bind,from=builder,source=/wheels,target=/tmp/wheels \
-    pip install -r /tmp/wheels/requirements-cpu.txt \
-    && pip install --no-deps /tmp/wheels/danet_serve-*.whl
-COPY deploy/docker/check_image.py /usr/local/lib/danet/check_image.py
-RUN python /usr/local/lib/danet/check_image.py --flavour cpu
-COPY deploy/docker/healthcheck.py /usr/local/bin/danet-healthcheck
+    && chown danet:danet /models /var/cache/danet-serve/tensorrt \
+    && pip install -r /tmp/wheels/requirements-cpu.txt \
+    && pip install --no-deps /tmp/wheels/danet_serve-*.whl \
+    && python /tmp/check_image.py --flavour cpu
 ENV DANET_HOST=0.0.0.0 \
     DANET_HTTP_PORT=8000 \
     DANET_GRPC_PORT=8001 \

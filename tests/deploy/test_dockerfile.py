@@ -56,39 +56,62 @@ def test_every_hadolint_ignore_is_justified() -> None:
 
 
 def test_stages(dockerfile_stages: dict[str, sc.Stage]) -> None:
-    assert set(dockerfile_stages) == {"builder", "cpu", "gpu", "export"}
+    assert set(dockerfile_stages) == {"builder", "cpu", "gpu", "gpu-report", "export"}
     # `docker build .` builds the last stage: the CPU server.
     assert list(dockerfile_stages)[-1] == "cpu"
     assert dockerfile_stages["cpu"].base.startswith("python:3.11-slim")
     assert dockerfile_stages["builder"].base == dockerfile_stages["cpu"].base
     assert re.fullmatch(r"nvidia/cuda:13\.0\.\d+-cudnn-runtime-ubuntu24\.04", dockerfile_stages["gpu"].base)
+    assert dockerfile_stages["gpu-report"].base == "gpu"  # the served gpu image stays torch-free
 
 
-def test_builder_copies_every_package_of_the_wheel(dockerfile_stages: dict[str, sc.Stage]) -> None:
-    with (sc.REPO_ROOT / "pyproject.toml").open("rb") as fh:
-        includes = tomllib.load(fh)["tool"]["setuptools"]["packages"]["find"]["include"]
-    packages = {pattern.rstrip("*") for pattern in includes}
-    copied = {src for inst in dockerfile_stages["builder"].all("COPY") for src in _copy_sources(inst)}
-    assert packages <= copied, f"builder stage misses {sorted(packages - copied)}"
-    assert {"pyproject.toml", "README.md"} <= copied
-
-
-def test_dockerignore_lets_the_build_context_through(dockerfile_stages: dict[str, sc.Stage]) -> None:
-    # .dockerignore is an allow-list; every local COPY source must be allowed back in.
-    allowed = {
+def _allowed_in_context() -> set[str]:
+    """What the .dockerignore allow-list lets into the build context."""
+    return {
         line.strip()[1:].rstrip("/")
         for line in (sc.REPO_ROOT / ".dockerignore").read_text(encoding="utf-8").splitlines()
         if line.strip().startswith("!")
     }
+
+
+def _context_mounts(inst: sc.Instruction) -> list[str]:
+    """Sources of a RUN's bind mounts from the build context (``from=`` mounts are other stages)."""
+    sources = []
+    for mount in re.findall(r"--mount=(\S+)", inst.args):
+        options = dict(item.partition("=")[::2] for item in mount.split(","))
+        if options.get("type") == "bind" and "from" not in options:
+            sources.append(options.get("source", ".").rstrip("/"))
+    return sources
+
+
+def test_builder_sees_every_package_of_the_wheel(dockerfile_stages: dict[str, sc.Stage]) -> None:
+    # The builder bind-mounts the whole context (one layer, no copies), which .dockerignore narrows.
+    with (sc.REPO_ROOT / "pyproject.toml").open("rb") as fh:
+        includes = tomllib.load(fh)["tool"]["setuptools"]["packages"]["find"]["include"]
+    packages = {pattern.rstrip("*") for pattern in includes}
+    mounts = [source for inst in dockerfile_stages["builder"].all("RUN") for source in _context_mounts(inst)]
+    assert mounts == ["."], mounts
+    assert packages | {"pyproject.toml", "README.md", "deploy/docker"} <= _allowed_in_context()
+
+
+def test_dockerignore_lets_the_build_context_through(dockerfile_stages: dict[str, sc.Stage]) -> None:
+    # .dockerignore is an allow-list; every local COPY or bind-mount source must be allowed back in.
+    allowed = _allowed_in_context()
     for stage in dockerfile_stages.values():
-        for inst in stage.all("COPY"):
-            if "--from=" in inst.args:
+        sources = [
+            (inst.line, source)
+            for inst in stage.all("COPY")
+            if "--from=" not in inst.args
+            for source in _copy_sources(inst)
+        ]
+        sources += [(inst.line, source) for inst in stage.all("RUN") for source in _context_mounts(inst)]
+        for line, source in sources:
+            if source == ".":
                 continue
-            for source in _copy_sources(inst):
-                assert any(source == a or source.startswith(f"{a}/") for a in allowed), (
-                    f"Dockerfile:{inst.line} copies {source}, which .dockerignore keeps out"
-                )
-                assert (sc.REPO_ROOT / source).exists(), f"Dockerfile:{inst.line} copies missing {source}"
+            assert any(source == a or source.startswith(f"{a}/") for a in allowed), (
+                f"Dockerfile:{line} uses {source}, which .dockerignore keeps out"
+            )
+            assert (sc.REPO_ROOT / source).exists(), f"Dockerfile:{line} uses missing {source}"
 
 
 @pytest.mark.parametrize("target", RUNTIME_TARGETS)

@@ -23,6 +23,7 @@ from tests.deploy.conftest import load_image_script
 runtime_requirements = load_image_script("runtime_requirements")
 healthcheck = load_image_script("healthcheck")
 check_image = load_image_script("check_image")
+wheelhouse = load_image_script("wheelhouse")
 
 SCRIPTS = sc.DEPLOY_DIR / "docker"
 
@@ -34,15 +35,7 @@ def _project() -> dict:
 
 def _requires_dist() -> list[str]:
     """pyproject's dependencies as a wheel's Requires-Dist lines (extras carry an ``extra ==`` marker)."""
-    project = _project()
-    lines = list(project["dependencies"])
-    for extra, requirements in project["optional-dependencies"].items():
-        for line in requirements:
-            req = Requirement(line)
-            marker = f"({req.marker}) and extra == '{extra}'" if req.marker else f"extra == '{extra}'"
-            req.marker = None
-            lines.append(f"{req}; {marker}")
-    return lines
+    return wheelhouse.pyproject_requires_dist()
 
 
 def _names(lines: list[str]) -> list[str]:
@@ -164,3 +157,23 @@ def test_image_gate_rejects_this_development_environment() -> None:
     assert any(line.startswith("torch is installed") for line in problems)
     model_missing = any("default model missing" in line for line in problems)
     assert model_missing == (not DEFAULT_ONNX.is_file())
+
+
+def test_wheelhouse_covers_the_builder_and_each_image_with_one_onnxruntime() -> None:
+    names = _names(wheelhouse.requirement_lines(["cpu"], ["export"]))
+    assert {"setuptools", "wheel", "packaging", "torch", "onnx", "onnxruntime", "fastapi"} <= set(names)
+    assert "onnxruntime-gpu" not in names and len(names) == len(set(names))
+    assert "onnxruntime-gpu" in _names(wheelhouse.requirement_lines(["gpu"], []))
+
+
+@pytest.mark.parametrize(
+    ("filename", "directory"),
+    [
+        ("Pillow-13.0.0-cp311-cp311-manylinux_2_28_x86_64.whl", "pillow"),
+        ("typing_extensions-4.16.0-py3-none-any.whl", "typing-extensions"),
+        ("swagger_ui_bundle-1.1.0.tar.gz", "swagger-ui-bundle"),
+        ("zope.event-5.0.tar.gz", "zope-event"),
+    ],
+)
+def test_wheelhouse_files_land_in_their_pep503_directory(filename: str, directory: str) -> None:
+    assert wheelhouse.project_dir_name(filename) == directory

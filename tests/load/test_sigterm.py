@@ -50,7 +50,7 @@ def _env() -> dict[str, str]:
     }
 
 
-def _http_once(host: str, port: int) -> Attempt:
+def _http_once(host: str, port: int, body: bytes = IMAGE) -> Attempt:
     started = time.monotonic()
     connection = http.client.HTTPConnection(host, port, timeout=120)
     try:
@@ -62,7 +62,7 @@ def _http_once(host: str, port: int) -> Attempt:
         connection.request(
             "POST",
             "/segment?format=index",
-            body=IMAGE,
+            body=body,
             headers={"Content-Type": "image/png", "Connection": "close"},
         )
         sent = time.monotonic()
