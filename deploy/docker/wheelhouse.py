@@ -38,6 +38,8 @@ HERE = Path(__file__).resolve().parent
 PYPROJECT = HERE.parent.parent / "pyproject.toml"
 # The builder stage: `pip install packaging==...` and `pip wheel .` (build isolation fetches the back end).
 BUILDER_LINES = ("packaging==24.2", "setuptools>=68", "wheel")
+# What the gpu-report target adds to the gpu image besides the export extra (see the Dockerfile).
+GPU_REPORT_LINES = ("nvidia-ml-py",)
 STAMP = ".requirements"
 
 
@@ -70,6 +72,8 @@ def requirement_lines(flavours: Sequence[str], extras: Sequence[str]) -> list[st
     lines = list(BUILDER_LINES)
     for flavour in flavours:
         lines += select(requires_dist, flavour)
+    if "gpu" in flavours:
+        lines += GPU_REPORT_LINES
     if extras:
         lines += select(requires_dist, "cpu", list(extras))
     return sorted(set(lines))

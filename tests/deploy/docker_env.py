@@ -8,6 +8,7 @@ Nothing here changes docker-compose.yml: the project is ``docker-compose.yml`` +
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import http.server
 import json
@@ -29,6 +30,7 @@ DOCKER_DIR = sc.DEPLOY_DIR / "docker"
 TEST_OVERRIDE = Path(__file__).with_name("compose.test.yml")
 CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "danet-serve"
 CPU_IMAGE = "danet-serve:cpu"
+BASE_IMAGE = "danet-local/python:3.11-bookworm"  # local-base.sh's default tag
 
 
 def docker_cli() -> str | None:
@@ -51,6 +53,11 @@ def unusable_reason() -> str | None:
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ["?"])[-1]
         return f"no Docker daemon reachable ({last})"
+    has_base = (
+        subprocess.run([cli, "image", "inspect", BASE_IMAGE], capture_output=True, timeout=20).returncode == 0
+    )
+    if not has_base and shutil.which("debootstrap") is None:
+        return f"no {BASE_IMAGE} and no debootstrap to make it (apt-get install debootstrap)"
     return None
 
 
@@ -71,9 +78,21 @@ def docker(*args: str, timeout: float = 120, check: bool = True) -> subprocess.C
     return run([cli, *args], timeout=timeout, check=check)
 
 
+@contextmanager
+def setup_lock() -> Iterator[None]:
+    """Serialises the expensive set-up (base, wheelhouse, build) of test runs that overlap on one machine."""
+    CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    with (CACHE_DIR / "setup.lock").open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def stand_in_base() -> str:
     """Tag of the stand-in for python:3.11-slim (deploy/docker/local-base.sh; cached after the first run)."""
-    return run([DOCKER_DIR / "local-base.sh"], timeout=1200).stdout.strip()
+    return run([DOCKER_DIR / "local-base.sh", BASE_IMAGE], timeout=1200).stdout.strip()
 
 
 @contextmanager
