@@ -58,7 +58,8 @@ class ServeCluster:
     def config(self, args: dict[str, Any], deployment: dict[str, Any]) -> dict[str, Any]:
         """deploy/ray/serve.yaml with the test's port, proxy, model and placement."""
         config: dict[str, Any] = yaml.safe_load(SERVE_CONFIG.read_text(encoding="utf-8"))
-        config["http_options"] = {"host": "127.0.0.1", "port": self.http_port}
+        # a proxy timeout below the clients' (REQUEST_TIMEOUT_S): a request lost with its replica ends as 408
+        config["http_options"] = {"host": "127.0.0.1", "port": self.http_port, "request_timeout_s": 15}
         config["grpc_options"]["port"] = self.grpc_port
         config["proxy_location"] = "HeadOnly"  # every node shares 127.0.0.1: one proxy, on the head
         app = config["applications"][0]

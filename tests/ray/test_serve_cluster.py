@@ -29,7 +29,8 @@ pytestmark = [pytest.mark.ray, pytest.mark.timeout(240)]
 
 SCENE = make_scene(40, 56, seed=3)
 FIXED = {"num_replicas": 2}
-REQUEST_TIMEOUT_S = 30.0  # far above any answer here: reaching it means a request hung
+REQUEST_TIMEOUT_S = 30.0  # far above any answer here and the proxy's 15 s: reaching it means a request hung
+LOST_WITH_A_REPLICA = {200, 408, 500, 503}
 
 
 @pytest.fixture(scope="module")
@@ -192,9 +193,10 @@ def test_replica_crash_under_a_stream_of_requests(cluster: ServeCluster, expecte
         cluster.kill_replica(victim.split("@")[0])
 
     statuses, victim = stream_with_fault(cluster, expected, kill_replica)
-    # Requests running inside the killed replica are lost (Ray's proxy answers 500 for an actor that
-    # died mid-request); everything else is answered by the survivor.
-    assert set(statuses) <= {200, 500, 503}
+    # Requests running inside the killed replica are lost: Ray's proxy answers 500 for an actor that died
+    # mid-request, or (rarely: seen once, the proxy was not told) 408 at its request_timeout_s. Everything
+    # else is answered by the survivor, and nothing waits longer than the proxy's timeout.
+    assert set(statuses) <= LOST_WITH_A_REPLICA
     assert statuses[200] >= 120 - 8  # at most 4 in flight (the pool) + a few routed before the death
     wait_until_replaced(cluster, victim)
 
@@ -207,7 +209,7 @@ def test_worker_node_crash_under_a_stream_of_requests(cluster: ServeCluster, exp
         removed.append(cluster.remove_worker(victim.split("@")[1]))
 
     statuses, victim = stream_with_fault(cluster, expected, kill_worker_node)
-    assert set(statuses) <= {200, 500, 503}
+    assert set(statuses) <= LOST_WITH_A_REPLICA
     assert statuses[200] >= 120 - 8
     wait_until_replaced(cluster, victim)
     # the replacement runs on the spare worker: the two replicas are on the two remaining workers
