@@ -32,3 +32,8 @@ def test_mmap_threshold_is_pinned_unless_the_user_set_it(monkeypatch: pytest.Mon
     monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_")
     if platform.libc_ver()[0] == "glibc":
         assert pin() is True
+
+
+def test_memory_patterns_follow_the_arena() -> None:
+    assert session_options(Settings(), 3_300_000).enable_mem_pattern is True
+    assert session_options(Settings(), 190_000_000).enable_mem_pattern is False
