@@ -161,6 +161,12 @@ class ComposeProject:
         self("down", "--volumes", "--remove-orphans", "--timeout", "5", check=False)
 
 
+def prune_dangling() -> None:
+    """Remove the test images and stand-in bases that newer builds replaced (only untagged ones, only ours)."""
+    for label in ("danet.serve.test=true", "danet.base.recipe"):
+        docker("image", "prune", "--force", "--filter", f"label={label}", check=False)
+
+
 class Stopwatch:
     """Named durations for the one summary line the docker tests print."""
 

@@ -85,6 +85,7 @@ def project(request: pytest.FixtureRequest) -> Iterator[Project]:
     finally:
         logs = compose.logs()
         compose.down()
+        de.prune_dangling()
         size = json.loads(de.docker("image", "inspect", de.CPU_IMAGE).stdout)[0]["Size"]
         capture = request.config.pluginmanager.getplugin("capturemanager")
         with capture.global_and_fixture_disabled():
