@@ -2,12 +2,17 @@
 
     python -m export.memcheck                       # exports DANet-ResNet50-OS8 (random weights)
     python -m export.memcheck --onnx model.onnx     # measures an existing file
+    python -m export.memcheck --onnx model.onnx --server   # danet-serve at its defaults instead
 
 Each measurement runs in a fresh subprocess that imports only numpy and onnxruntime, creates the
 session, runs ONE pass on a ``height x width`` image and reports its peak resident set size
 (``resource.getrusage(RUSAGE_SELF).ru_maxrss``, session creation included) and the timings. Several
 onnxruntime memory settings are compared (CPU arena and memory patterns on/off). The issue's
 budget is 1.2 GB peak RSS for 1024x2048 on DANet-ResNet50-OS8. Prints a table and a JSON line.
+
+``--server`` starts ``danet-serve`` at its defaults (no ``DANET_*`` variables) on the file, waits for
+``/readyz``, posts ``--requests`` PNG images of ``height x width`` in a row (colour and index
+formats alternately) and reports the server process's peak RSS (``VmHWM``) after each.
 """
 
 from __future__ import annotations
@@ -110,13 +115,79 @@ def measure(
     return result
 
 
+def _status_mb(pid: int) -> dict[str, float]:
+    values = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, rest = line.partition(":")
+        if key in ("VmHWM", "VmRSS"):
+            values[key] = round(int(rest.split()[0]) / 1024, 1)
+    return values
+
+
+def measure_server(onnx_path: Path, height: int, width: int, requests: int = 4) -> dict[str, Any]:
+    """Peak RSS of a ``danet-serve`` process at its defaults over ``requests`` full-size requests."""
+    import io
+    import socket
+    import time
+    import urllib.request
+
+    import numpy as np
+    from PIL import Image
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("DANET_")}
+    command = [sys.executable, "-m", "server.main", "--model", str(onnx_path), "--host", "127.0.0.1"]
+    command += ["--http-port", str(port), "--grpc-port", "-1", "--log-level", "WARNING"]
+    server = subprocess.Popen(command, env=environment, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(600):
+            try:
+                with urllib.request.urlopen(f"{url}/readyz", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                time.sleep(1)
+        else:
+            raise RuntimeError("danet-serve did not become ready in 10 minutes")
+        result: dict[str, Any] = {"height": height, "width": width, "ready": _status_mb(server.pid)}
+        pixels = np.random.default_rng(0).integers(0, 256, size=(height, width, 3), dtype=np.uint8)
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).save(buffer, format="PNG")
+        result["requests"] = []
+        for index in range(requests):
+            fmt = ("color", "index")[index % 2]
+            request = urllib.request.Request(
+                f"{url}/segment?format={fmt}", data=buffer.getvalue(), headers={"Content-Type": "image/png"}
+            )
+            started = time.perf_counter()
+            with urllib.request.urlopen(request, timeout=3600) as response:
+                status = response.status
+                response.read()
+            seconds = round(time.perf_counter() - started, 2)
+            result["requests"].append(
+                {"format": fmt, "status": status, "s": seconds, **_status_mb(server.pid)}
+            )
+        result["peak_rss_mb"] = max(item["VmHWM"] for item in result["requests"])
+        return result
+    finally:
+        server.terminate()
+        try:
+            server.wait(30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+
 def export_reference(
     path: Path, depth: int, output_stride: int, num_classes: int, logits: bool, attention: str = "scan"
 ) -> None:
     """Export a randomly initialised DANet (no verification) for the measurement."""
     import torch
 
-    from export.graph import export_graph, finalize_graph
+    from export.graph import DEFAULT_OPSET, export_graph, finalize_graph
+    from export.metadata import ModelDescription, exporter_version
     from models.config import DANetConfig
     from models.danet import build_danet
 
@@ -124,7 +195,15 @@ def export_reference(
     config = DANetConfig(depth=depth, output_stride=output_stride, num_classes=num_classes, name="memcheck")
     model = build_danet(config).eval()
     graph = export_graph(model, config, attention=attention)
-    finalize_graph(graph, logits=logits, props={})
+    description = ModelDescription(
+        config=config,
+        model_name="memcheck",
+        source_format="danet-serve",
+        source_sha256="",
+        precision="fp32",
+        exporter_version=exporter_version(DEFAULT_OPSET),
+    )
+    finalize_graph(graph, logits=logits, props=description.to_props())  # servable as is
     import onnx
 
     onnx.save(graph, str(path))
@@ -152,6 +231,8 @@ def main(argv: list[str] | None = None) -> int:
         help=f"comma-separated subset of {','.join(SETTINGS)} or 'all'",
     )
     parser.add_argument("--budget-mb", type=float, default=1200.0, help="exit 1 above this peak RSS")
+    parser.add_argument("--server", action="store_true", help="measure danet-serve at its defaults")
+    parser.add_argument("--requests", type=int, default=4, help="requests in a row with --server")
     ns = parser.parse_args(args)
     names = list(SETTINGS) if ns.settings == "all" else ns.settings.split(",")
     unknown = [name for name in names if name not in SETTINGS]
@@ -166,6 +247,13 @@ def main(argv: list[str] | None = None) -> int:
                 f"exporting DANet-ResNet{ns.depth}-OS{ns.output_stride} (random weights, {ns.attention}) ..."
             )
             export_reference(path, ns.depth, ns.output_stride, ns.num_classes, ns.logits, ns.attention)
+        if ns.server:
+            _say(
+                f"measuring danet-serve at its defaults, {ns.requests} requests at {ns.height}x{ns.width} ..."
+            )
+            served = measure_server(path, ns.height, ns.width, ns.requests)
+            _say(json.dumps({"budget_mb": ns.budget_mb, "server": served}))
+            return 0 if served["peak_rss_mb"] <= ns.budget_mb else 1
         results = []
         for name in names:
             arena, pattern, env = SETTINGS[name]
