@@ -154,7 +154,9 @@ RUN --mount=type=bind,from=builder,source=/wheels,target=/tmp/wheels \
     && pip install -r /tmp/wheels/requirements-cpu.txt \
     && pip install --no-deps /tmp/wheels/danet_serve-*.whl \
     && python /tmp/check_image.py --flavour cpu
+# Only the CPU build of onnxruntime is installed: asking for GPU providers would only log a fallback.
 ENV DANET_HOST=0.0.0.0 \
+    DANET_PROVIDERS=CPUExecutionProvider \
     DANET_HTTP_PORT=8000 \
     DANET_GRPC_PORT=8001 \
     DANET_TRT_CACHE_DIR=/var/cache/danet-serve/tensorrt \
