@@ -23,7 +23,7 @@ import contextlib
 import dataclasses
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -120,7 +120,10 @@ class ModelRepository:
     @property
     def default_model(self) -> str | None:
         with self._lock:
-            return self._settings.default_model or next(iter(self._served), None)
+            return self._default_key()
+
+    def _default_key(self) -> str | None:
+        return self._settings.default_model or next(iter(self._served), None)
 
     def current(self, name: str | None, version: str | None = None) -> LoadedVersion:
         """The entry serving (name, version); no version = the newest ready one."""
@@ -130,7 +133,7 @@ class ModelRepository:
     def _pick(self, name: str | None, version: str | None) -> LoadedVersion:
         if not self.initialised:
             raise NotReady("models are still loading")
-        key = name or self._settings.default_model or next(iter(self._served), None)
+        key = name or self._default_key()
         versions = self._served.get(key) if key else None
         if not versions:
             if key is None:
@@ -342,13 +345,12 @@ class ModelRepository:
                 READY, fingerprint=found.versions[version].fingerprint if found else ()
             )
         self._runtime.serving(name, list(served), [v for v in current if v not in served])
-        if fresh or replaced:
-            logger.info(
-                "model %s now serves version(s) %s",
-                name,
-                list(served) or "none",
-                extra={"model": name, "versions": list(served)},
-            )
+        logger.info(
+            "model %s now serves version(s) %s",
+            name,
+            list(served) or "none",
+            extra={"model": name, "versions": list(served)},
+        )
         await self._retire(name, replaced, served)
         return errors
 
@@ -385,8 +387,15 @@ class ModelRepository:
             raise InvalidOption(hint)
         return self._root
 
-    async def load_model(self, name: str) -> None:
-        """Load (or reload) ``name`` from the repository; raise InvalidOption with the reason on failure."""
+    async def load_model(self, name: str, parameters: Collection[str] = ()) -> None:
+        """Load (or reload) ``name`` from the repository; raise InvalidOption with the reason on failure.
+
+        ``parameters``: the names of the request's load parameters (REST and gRPC alike); Triton's
+        override ``config`` and ``file:...`` contents are refused, the repository is the only source."""
+        if "config" in parameters or any(key.startswith("file:") for key in parameters):
+            raise InvalidOption(
+                "loading with an override config or files is not supported; edit the repository"
+            )
         root = self._require_explicit()
         path = root / name
         if not path.is_dir() or path.name != name:

@@ -205,11 +205,7 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def RepositoryModelLoad(
         self, request: pb.RepositoryModelLoadRequest, context: Any
     ) -> pb.RepositoryModelLoadResponse:
-        if "config" in request.parameters or any(k.startswith("file:") for k in request.parameters):
-            raise InvalidOption(
-                "loading with an override config or files is not supported; edit the repository"
-            )
-        await self._engine.repository.load_model(self._name(request.model_name))
+        await self._engine.repository.load_model(self._name(request.model_name), list(request.parameters))
         return pb.RepositoryModelLoadResponse()
 
     @translate_errors

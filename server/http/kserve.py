@@ -185,9 +185,7 @@ async def repository_load(request: Request, engine: EngineDep, model: str) -> JS
     parameters = (await _json_body(request)).get("parameters") or {}
     if not isinstance(parameters, dict):
         raise InvalidOption("'parameters' must be a JSON object")
-    if "config" in parameters or any(key.startswith("file:") for key in parameters):
-        raise InvalidOption("loading with an override config or files is not supported; edit the repository")
-    await engine.repository.load_model(model)
+    await engine.repository.load_model(model, list(parameters))
     return JSONResponse({})
 
 
