@@ -49,7 +49,9 @@ class SegmentResult:
     preset: dict[str, Any] | None = None  # tta=official|mmseg: the parameters it ran with
 
 
-_Loaded = LoadedVersion  # one servable version (server.repository)
+def _label_dtype(info: ModelInfo) -> type[np.unsignedinteger[Any]]:
+    """Class maps are uint8 up to 256 classes, uint16 above."""
+    return np.uint8 if info.num_classes <= 256 else np.uint16
 
 
 def _restore_size(
@@ -228,7 +230,7 @@ class Engine:
     def queue_depth(self, name: str | None = None) -> int:
         return self.repository.queue_depth(self._entry(name).info.name)
 
-    def _entry(self, name: str | None, version: str | None = None) -> _Loaded:
+    def _entry(self, name: str | None, version: str | None = None) -> LoadedVersion:
         return self.repository.current(name, version)
 
     # --- raw inference ----------------------------------------------------------------------------
@@ -285,7 +287,7 @@ class Engine:
             raise PayloadTooLarge(f"image of {pixels} pixels exceeds the limit of {self.settings.max_pixels}")
 
     async def _infer(
-        self, entry: _Loaded, images: np.ndarray, outputs: Sequence[str]
+        self, entry: LoadedVersion, images: np.ndarray, outputs: Sequence[str]
     ) -> dict[str, np.ndarray]:
         try:
             future = entry.batcher.submit(np.ascontiguousarray(images), tuple(outputs))
@@ -326,7 +328,9 @@ class Engine:
         result.version, result.info = entry.info.version, entry.info
         return result
 
-    async def _segment(self, entry: _Loaded, image: np.ndarray, options: SegmentOptions) -> SegmentResult:
+    async def _segment(
+        self, entry: LoadedVersion, image: np.ndarray, options: SegmentOptions
+    ) -> SegmentResult:
         options.validate()
         info = entry.info
         if options.needs_logits and not info.has_logits:
@@ -370,7 +374,7 @@ class Engine:
             t2 = time.perf_counter()
             labels, confidence = await asyncio.to_thread(labels_and_confidence, fused)
 
-        labels = labels.astype(np.uint8 if info.num_classes <= 256 else np.uint16, copy=False)
+        labels = labels.astype(_label_dtype(info), copy=False)
         if labels.shape != (height, width):  # full-size maps can be large: not on the event loop
             labels, confidence = await asyncio.to_thread(_restore_size, labels, confidence, (height, width))
         timings["postprocess_ms"] = (time.perf_counter() - t2) * 1000
@@ -384,7 +388,7 @@ class Engine:
         )
 
     async def _segment_preset(
-        self, entry: _Loaded, image: np.ndarray, options: SegmentOptions, timings: dict[str, float]
+        self, entry: LoadedVersion, image: np.ndarray, options: SegmentOptions, timings: dict[str, float]
     ) -> SegmentResult:
         """tta=official|mmseg on the image as uploaded: the procedure sets every size itself."""
         info = entry.info
@@ -401,7 +405,7 @@ class Engine:
         timings["inference_ms"] = (time.perf_counter() - t1) * 1000
         return SegmentResult(
             model=info.name,
-            labels=np.ascontiguousarray(labels.astype(np.uint8 if info.num_classes <= 256 else np.uint16)),
+            labels=np.ascontiguousarray(labels.astype(_label_dtype(info))),
             confidence=np.ascontiguousarray(confidence, dtype=np.float32),
             timings=timings,
             provider=entry.handle.provider,
@@ -409,7 +413,7 @@ class Engine:
             preset=plan.to_dict(),
         )
 
-    def _logits_fn(self, entry: _Loaded) -> LogitsFn:
+    def _logits_fn(self, entry: LoadedVersion) -> LogitsFn:
         """Logits of one picture through the queue. One request's windows x scales x flips can outnumber
         ``max_queue`` (official Cityscapes multi-scale: ~100 passes): at most half the queue is in flight
         per request, so a big request waits its turn instead of refusing itself with 503."""

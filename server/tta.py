@@ -163,10 +163,16 @@ async def own_logits(
 
     flips = (False, True) if options.use_flip else (False,)
     parts = await asyncio.gather(*(one(s, f) for s in options.scales for f in flips))
-    fused = parts[0].copy() if len(parts) > 1 else parts[0]
+    return _mean(parts)
+
+
+def _mean(parts: list[np.ndarray]) -> np.ndarray:
+    """Element-wise mean of same-shape arrays (a new array; the parts are left as they are)."""
+    total = parts[0].copy()
     for part in parts[1:]:
-        fused += part
-    return fused / len(parts)
+        total += part
+    total /= len(parts)
+    return total
 
 
 # --- official DANet / PyTorch-Encoding MultiEvalModule --------------------------------------------
@@ -329,10 +335,7 @@ async def mmseg(
     def fuse() -> tuple[np.ndarray, np.ndarray]:
         if not augmented:
             return labels_and_confidence(parts[0])
-        total = parts[0].copy()
-        for part in parts[1:]:
-            total += part
-        total /= len(parts)
+        total = _mean(parts)
         labels = total.argmax(axis=0)
         return labels, np.take_along_axis(total, labels[None], axis=0)[0]
 
