@@ -14,7 +14,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from types import ModuleType, TracebackType
-from typing import Any, Protocol
+from typing import Any, Protocol, Self
 
 import httpx
 import numpy as np
@@ -202,7 +202,50 @@ def grpc_channel_options(max_message_bytes: int = 256 * 1024 * 1024) -> list[tup
     ]
 
 
-class GrpcSegmenter:
+class _AioGrpcCall:
+    """One unary RPC over a ``grpc.aio`` channel, timed per call: the channel lifecycle and ``__call__``
+    shared by the gRPC segmenters. A subclass sets ``request_message`` and implements ``_stub`` and
+    ``request``."""
+
+    request_message: Any
+
+    def __init__(self, target: str, timeout_s: float) -> None:
+        import grpc
+
+        self._grpc = grpc
+        self.target = target
+        self.timeout_s = timeout_s
+        self.channel: Any = None
+        self.stub: Any = None
+
+    def _stub(self, channel: Any) -> Any:
+        raise NotImplementedError
+
+    async def request(self) -> Any:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        # grpc.aio channels belong to the running event loop: create it here, not in __init__.
+        self.channel = self._grpc.aio.insecure_channel(self.target, options=grpc_channel_options())
+        self.stub = self._stub(self.channel)
+        await self.channel.channel_ready()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.channel.close()
+
+    async def __call__(self) -> Outcome:
+        t0 = time.perf_counter()
+        try:
+            reply = await self.request()
+        except self._grpc.aio.AioRpcError as exc:
+            return Outcome(False, exc.code().name, time.perf_counter() - t0, detail=exc.details() or "")
+        return Outcome(True, "OK", time.perf_counter() - t0, reply.ByteSize())
+
+
+class GrpcSegmenter(_AioGrpcCall):
     """gRPC ``SegmentationService.Segment`` (async context manager, then call).
 
     ``image`` is an encoded file (bytes) or, for the raw-pixel path, a uint8 ``[H, W, 3]`` array sent as
@@ -221,36 +264,21 @@ class GrpcSegmenter:
         timeout_s: float = 600.0,
         metadata: tuple[tuple[str, str], ...] = (),
     ) -> None:
-        import grpc
-
+        super().__init__(target, timeout_s)
         pb2, self._pb2_grpc = segmentation_stubs()
-        self._grpc = grpc
-        self.target = target
-        self.channel: Any = None
-        self.stub: Any = None
         kind = pb2.OutputKind.Value(f"OUTPUT_KIND_{output.upper()}")
         encoding = pb2.LABEL_ENCODING_RAW if raw_labels else pb2.LABEL_ENCODING_PNG
         options = pb2.SegmentOptions(model=model, outputs=[kind], label_encoding=encoding)
         if isinstance(image, np.ndarray):
             height, width = image.shape[:2]
             raw = pb2.RawImage(height=height, width=width, pixels=np.ascontiguousarray(image).tobytes())
-            self.request_message: Any = pb2.SegmentRequest(raw=raw, options=options)
+            self.request_message = pb2.SegmentRequest(raw=raw, options=options)
         else:
             self.request_message = pb2.SegmentRequest(encoded=image, options=options)
-        self.timeout_s = timeout_s
         self.metadata = metadata
 
-    async def __aenter__(self) -> GrpcSegmenter:
-        # grpc.aio channels belong to the running event loop: create it here, not in __init__.
-        self.channel = self._grpc.aio.insecure_channel(self.target, options=grpc_channel_options())
-        self.stub = self._pb2_grpc.SegmentationServiceStub(self.channel)
-        await self.channel.channel_ready()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.channel.close()
+    def _stub(self, channel: Any) -> Any:
+        return self._pb2_grpc.SegmentationServiceStub(channel)
 
     async def request(self) -> Any:
         return await self.stub.Segment(
@@ -263,20 +291,11 @@ class GrpcSegmenter:
             raise RuntimeError(f"Segment returned {reply.height}x{reply.width} for a {size} image")
         return str(reply.provider)
 
-    async def __call__(self) -> Outcome:
-        t0 = time.perf_counter()
-        try:
-            reply = await self.request()
-        except self._grpc.aio.AioRpcError as exc:
-            return Outcome(False, exc.code().name, time.perf_counter() - t0, detail=exc.details() or "")
-        elapsed = time.perf_counter() - t0
-        return Outcome(True, "OK", elapsed, reply.ByteSize())
-
 
 # --- KServe v2 over gRPC ------------------------------------------------------------------------------
 
 
-class KServeGrpcInfer:
+class KServeGrpcInfer(_AioGrpcCall):
     """``inference.GRPCInferenceService/ModelInfer`` with the image as ``raw_input_contents`` (what
     ``tritonclient.grpc`` sends), asking for ``outputs`` only (default: ``labels``)."""
 
@@ -289,38 +308,24 @@ class KServeGrpcInfer:
         outputs: tuple[str, ...] = ("labels",),
         timeout_s: float = 600.0,
     ) -> None:
-        import grpc
-
+        super().__init__(target, timeout_s)
         from protos.gen.inference import grpc_service_pb2 as pb
         from protos.gen.inference import grpc_service_pb2_grpc as pb_grpc
 
-        self._grpc = grpc
         self._pb_grpc = pb_grpc
-        self.target = target
-        self.channel: Any = None
-        self.stub: Any = None
-        self.timeout_s = timeout_s
         batch = np.ascontiguousarray(image, dtype=np.uint8)[np.newaxis]
         tensor = pb.ModelInferRequest.InferInputTensor(
             name="image", datatype="UINT8", shape=list(batch.shape)
         )
-        self.request_message: Any = pb.ModelInferRequest(
+        self.request_message = pb.ModelInferRequest(
             model_name=model,
             inputs=[tensor],
             outputs=[pb.ModelInferRequest.InferRequestedOutputTensor(name=name) for name in outputs],
             raw_input_contents=[batch.tobytes()],
         )
 
-    async def __aenter__(self) -> KServeGrpcInfer:
-        self.channel = self._grpc.aio.insecure_channel(self.target, options=grpc_channel_options())
-        self.stub = self._pb_grpc.GRPCInferenceServiceStub(self.channel)
-        await self.channel.channel_ready()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.channel.close()
+    def _stub(self, channel: Any) -> Any:
+        return self._pb_grpc.GRPCInferenceServiceStub(channel)
 
     async def request(self) -> Any:
         return await self.stub.ModelInfer(self.request_message, timeout=self.timeout_s)
@@ -331,11 +336,3 @@ class KServeGrpcInfer:
         if shape[1:3] != size:
             raise RuntimeError(f"ModelInfer returned an output of shape {list(shape)} for a {size} image")
         return ""
-
-    async def __call__(self) -> Outcome:
-        t0 = time.perf_counter()
-        try:
-            reply = await self.request()
-        except self._grpc.aio.AioRpcError as exc:
-            return Outcome(False, exc.code().name, time.perf_counter() - t0, detail=exc.details() or "")
-        return Outcome(True, "OK", time.perf_counter() - t0, reply.ByteSize())

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from bench import report, worker
-from bench.clients import GrpcSegmenter, HttpSegmenter, KServeGrpcInfer
+from bench.clients import GrpcSegmenter, HttpSegmenter, KServeGrpcInfer, Segmenter
 from bench.images import test_image, upload
 from bench.paths import LoopThread, MeasuredPath, ServerPath, WorkerPath
 from bench.peers import PeerProcess, start_peers
@@ -229,7 +229,7 @@ def _open_paths(
             attempt(report.HTTP, "fp32", lambda: ServerPath(report.HTTP, loop, http, size))
         if plan.grpc:
             target = server.grpc_target
-            clients = {
+            clients: dict[str, Segmenter] = {
                 report.GRPC: GrpcSegmenter(target, png, output=output),
                 report.GRPC_RAW: GrpcSegmenter(target, image, output="INDEX", raw_labels=True),
                 report.KSERVE: KServeGrpcInfer(target, image, model=server_model_name(server)),
