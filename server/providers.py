@@ -178,7 +178,8 @@ def create_session(
         _preload_cuda_libraries()
     source = str(model) if isinstance(model, Path) else model
     model_bytes = _size_of(model)
-    if not use_cpu_arena(settings, model_bytes):
+    arena = use_cpu_arena(settings, model_bytes)
+    if not arena:
         pin_mmap_threshold()  # before loading: the loading buffers are the largest early frees
     attempt = list(plan)
     last_error: Exception | None = None
@@ -218,7 +219,7 @@ def create_session(
         "%s: active execution provider %s, CPU arena %s",
         label,
         active,
-        "on" if use_cpu_arena(settings, model_bytes) else "off (large model)",
+        "on" if arena else "off (large model)",
         extra={"provider": active, "model": label},
     )
     return SessionHandle(session=session, provider=active, requested=attempt, fallback=fallback, notes=notes)

@@ -25,17 +25,18 @@ _CACHE_ATTR = "_danet_query_names"
 
 def accepted_query_names(route: APIRoute) -> frozenset[str]:
     """Aliases of the route's query parameters, its dependencies' included (computed once per route)."""
-    cached = route.__dict__.get(_CACHE_ATTR)
+    cached: frozenset[str] | None = route.__dict__.get(_CACHE_ATTR)
     if cached is not None:
-        return frozenset(cached)
+        return cached
     names: set[str] = set()
     pending: list[Dependant] = [route.dependant]
     while pending:
         dependant = pending.pop()
         names.update(param.alias for param in dependant.query_params)
         pending.extend(dependant.dependencies)
-    route.__dict__[_CACHE_ATTR] = frozenset(names)
-    return frozenset(names)
+    accepted = frozenset(names)
+    route.__dict__[_CACHE_ATTR] = accepted
+    return accepted
 
 
 def unknown_query_message(path: str, unknown: Iterable[str], accepted: Iterable[str]) -> str:
