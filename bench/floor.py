@@ -21,8 +21,13 @@ from common.contract import INPUT_IMAGE, OUTPUT_CONFIDENCE, OUTPUT_LABELS
 GPU_PROVIDERS = frozenset({"CUDAExecutionProvider", "TensorrtExecutionProvider", "ROCMExecutionProvider"})
 
 
-def make_session(model: Path, providers: Sequence[str], threads: int) -> Any:
-    """An InferenceSession configured like danet-serve's (full graph optimisation, ``threads`` intra-op)."""
+#: A provider by name, or ``(name, provider options)`` as onnxruntime accepts it.
+ProviderSpec = str | tuple[str, dict[str, Any]]
+
+
+def make_session(model: Path, providers: Sequence[ProviderSpec], threads: int) -> Any:
+    """An InferenceSession configured like danet-serve's (full graph optimisation, ``threads`` intra-op).
+    Providers this onnxruntime build lacks are dropped (the CPU provider is the last resort)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -30,8 +35,10 @@ def make_session(model: Path, providers: Sequence[str], threads: int) -> Any:
     if threads > 0:
         options.intra_op_num_threads = threads
     available = set(ort.get_available_providers())
-    wanted = [p for p in providers if p in available] or ["CPUExecutionProvider"]
-    return ort.InferenceSession(str(model), sess_options=options, providers=wanted)
+    wanted = [p for p in providers if (p if isinstance(p, str) else p[0]) in available]
+    return ort.InferenceSession(
+        str(model), sess_options=options, providers=wanted or ["CPUExecutionProvider"]
+    )
 
 
 def active_provider(session: Any) -> str:

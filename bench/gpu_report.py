@@ -3,7 +3,8 @@
     python -m bench.gpu_report --work-dir /tmp/gpu --json gpu.json
 
 Exports DANet-ResNet50-OS8 (random weights, which decide speed only) and the embedded default model
-to fp32 and fp16 with ``export.onnx_export``, then for each file and each provider in ``--providers``:
+(``--models`` also takes ``danet-r101-os8``) to fp32 and fp16 with ``export.onnx_export``, then for each
+file and each provider in ``--providers``:
 
 * the provider onnxruntime really selected (``session.get_providers()[0]``), never the requested one;
 * label agreement and max confidence difference of fp16 against fp32 on synthetic scenes;
@@ -14,6 +15,11 @@ to fp32 and fp16 with ``export.onnx_export``, then for each file and each provid
 With ``--attention scan,fused`` (the default) every model is also exported with
 ``danet-export --attention fused`` (the position attention as one ``com.microsoft.MultiHeadAttention``
 node) and measured the same way, as ``fp32-fused`` / ``fp16-fused`` rows.
+
+Device time is scarce, so the run is bounded: ``--budget-s`` stops before the next measurement once that
+many seconds have passed (the JSON then says where it stopped), and ``--json`` is rewritten after every
+row, so a run killed from outside still leaves what it measured. ``--trt-cache DIR`` gives the TensorRT
+provider an engine cache and a timing cache in ``DIR`` (a second run reuses the built engines).
 
 Needs the ``export`` extra (torch) for the exports and ``nvidia-ml-py`` for the memory figures.
 """
@@ -26,12 +32,13 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from bench.floor import GPU_PROVIDERS, make_session, runner_factory, time_sequential
+from bench.floor import GPU_PROVIDERS, ProviderSpec, make_session, runner_factory, time_sequential
 from bench.images import bench_image
 from bench.stats import LatencyStats
 from common.contract import INPUT_IMAGE, OUTPUT_CONFIDENCE, OUTPUT_LABELS
@@ -48,19 +55,28 @@ def fused_exports(checkpoint: Path, output: Path) -> dict[str, Path]:
     return files
 
 
+#: ``--models`` name -> ResNet depth of the randomly initialised DANet (OS8, 19 classes).
+RESNET_MODELS = {"danet-r50-os8": 50, "danet-r101-os8": 101}
+DEFAULT_MODEL = "danet-synthetic"
+
+
 def prepare(
     work_dir: Path, names: list[str], attention: tuple[str, ...] = ("scan",)
 ) -> dict[str, dict[str, Path]]:
-    """fp32 + fp16 ONNX files for R50-OS8 (random weights) and/or the default model, via danet-bench's own
-    preparation (same seeded weights, same export cache); ``fused`` in ``attention`` adds the fused
-    attention exports of the same checkpoints."""
-    from bench.prepare import prepare_default, prepare_r50
+    """fp32 + fp16 ONNX files for the named models (R50/R101-OS8 with random weights, the default model)
+    via danet-bench's own preparation (same seeded weights, same export cache); ``fused`` in ``attention``
+    adds the fused attention exports of the same checkpoints."""
+    from bench.prepare import prepare_default, prepare_resnet
 
+    unknown = sorted(set(names) - set(RESNET_MODELS) - {DEFAULT_MODEL})
+    if unknown:
+        raise ValueError(f"unknown model(s) {unknown}; choose from {sorted(RESNET_MODELS) + [DEFAULT_MODEL]}")
     prepared = []
-    if "danet-r50-os8" in names:
-        prepared.append(prepare_r50(work_dir, ["fp32", "fp16"]))
-    if "danet-synthetic" in names:
-        prepared.append(prepare_default(work_dir, ["fp32", "fp16"]))
+    for name in names:
+        if name in RESNET_MODELS:
+            prepared.append(prepare_resnet(work_dir, ["fp32", "fp16"], depth=RESNET_MODELS[name]))
+        else:
+            prepared.append(prepare_default(work_dir, ["fp32", "fp16"]))
     models = {}
     for model in prepared:
         if "fp16" not in model.variants:
@@ -71,11 +87,40 @@ def prepare(
     return models
 
 
+def provider_specs(names: list[str], trt_cache: Path | None) -> list[ProviderSpec]:
+    """Provider names, with the TensorRT provider given an engine and timing cache in ``trt_cache``."""
+    if trt_cache is None:
+        return list(names)
+    trt_cache.mkdir(parents=True, exist_ok=True)
+    cache = {
+        "trt_engine_cache_enable": True,
+        "trt_engine_cache_path": str(trt_cache),
+        "trt_timing_cache_enable": True,
+        "trt_timing_cache_path": str(trt_cache),
+    }
+    return [(name, dict(cache)) if name == "TensorrtExecutionProvider" else name for name in names]
+
+
+class Budget:
+    """Wall-clock budget of a run: ``spent()`` once ``seconds`` have passed (0 = no limit)."""
+
+    def __init__(self, seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.seconds = seconds
+        self.clock = clock
+        self.started = clock()
+
+    def elapsed(self) -> float:
+        return self.clock() - self.started
+
+    def spent(self) -> bool:
+        return self.seconds > 0 and self.elapsed() >= self.seconds
+
+
 def scenes(count: int, size: tuple[int, int]) -> list[np.ndarray]:
     return [bench_image(size[0], size[1], seed=10_000 + i) for i in range(count)]
 
 
-def agreement(files: dict[str, Path], providers: list[str], size: tuple[int, int]) -> dict[str, Any]:
+def agreement(files: dict[str, Path], providers: list[ProviderSpec], size: tuple[int, int]) -> dict[str, Any]:
     """fp16 against fp32 on the same provider: pixel agreement of labels, max |confidence diff|."""
     s32 = make_session(files["fp32"], providers, 0)
     s16 = make_session(files["fp16"], providers, 0)
@@ -98,7 +143,9 @@ def agreement(files: dict[str, Path], providers: list[str], size: tuple[int, int
     }
 
 
-def latency(model: Path, providers: list[str], batch: int, size: tuple[int, int], iterations: int) -> dict:
+def latency(
+    model: Path, providers: list[ProviderSpec], batch: int, size: tuple[int, int], iterations: int
+) -> dict:
     session = make_session(model, providers, 0)
     provider = session.get_providers()[0]
     image = scenes(1, size)[0]
@@ -118,7 +165,7 @@ def latency(model: Path, providers: list[str], batch: int, size: tuple[int, int]
     }
 
 
-def _peak_gpu_memory_child(model: str, providers: list[str], height: int, width: int) -> None:
+def _peak_gpu_memory_child(model: str, providers: list[ProviderSpec], height: int, width: int) -> None:
     """Child process: run one image, print the NVML peak of this process's GPU memory (MiB)."""
     import os
 
@@ -165,10 +212,11 @@ def _peak_gpu_memory_child(model: str, providers: list[str], height: int, width:
     )
 
 
-def peak_gpu_memory(model: Path, providers: list[str], size: tuple[int, int]) -> dict[str, Any]:
+def peak_gpu_memory(model: Path, providers: list[ProviderSpec], size: tuple[int, int]) -> dict[str, Any]:
     code = (
         "import sys, json; from bench.gpu_report import _peak_gpu_memory_child as f; "
-        "f(sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))"
+        "f(sys.argv[1], [p if isinstance(p, str) else tuple(p) for p in json.loads(sys.argv[2])], "
+        "int(sys.argv[3]), int(sys.argv[4]))"
     )
     out = subprocess.run(
         [sys.executable, "-c", code, str(model), json.dumps(providers), str(size[0]), str(size[1])],
@@ -188,46 +236,85 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work-dir", type=Path, default=Path("runs/gpu"))
     parser.add_argument("--providers", default="CUDAExecutionProvider,CPUExecutionProvider")
     parser.add_argument("--iterations", type=int, default=30)
-    parser.add_argument("--models", default="danet-r50-os8,danet-synthetic", help="comma-separated")
+    parser.add_argument(
+        "--models",
+        default="danet-r50-os8,danet-synthetic",
+        help=f"comma-separated, of: {', '.join(sorted(RESNET_MODELS) + [DEFAULT_MODEL])}",
+    )
     parser.add_argument("--batches", default="1,4,8", help="batch sizes timed at 512x512")
     parser.add_argument("--full-size", default="1024x2048", help="HxW timed at batch 1 and for peak memory")
     parser.add_argument(
         "--attention", default="scan,fused", help="attention exports to measure: scan, fused or both"
     )
-    parser.add_argument("--json", type=Path)
+    parser.add_argument(
+        "--budget-s", type=float, default=0.0, help="stop before the next measurement after this many seconds"
+    )
+    parser.add_argument("--trt-cache", type=Path, help="TensorRT engine + timing cache directory")
+    parser.add_argument("--json", type=Path, help="written after every row")
     args = parser.parse_args(argv)
     import onnxruntime as ort
 
-    providers = args.providers.split(",")
-    result: dict[str, Any] = {
-        "onnxruntime": ort.__version__,
-        "available_providers": ort.get_available_providers(),
-        "models": {},
-    }
-    print(json.dumps({k: result[k] for k in ("onnxruntime", "available_providers")}), flush=True)
+    budget = Budget(args.budget_s)
     full = tuple(int(v) for v in args.full_size.lower().split("x") if v.isdigit())
     if len(full) != 2:
         parser.error(f"--full-size must be HxW, e.g. 1024x2048, got {args.full_size!r}")
+    providers = provider_specs(args.providers.split(","), args.trt_cache)
+    result: dict[str, Any] = {
+        "onnxruntime": ort.__version__,
+        "available_providers": ort.get_available_providers(),
+        "budget_s": args.budget_s,
+        "models": {},
+    }
+    print(json.dumps({k: result[k] for k in ("onnxruntime", "available_providers")}), flush=True)
+
+    def save(stage: str) -> None:
+        result["elapsed_s"] = round(budget.elapsed(), 1)
+        result["last_stage"] = stage
+        if args.json:
+            args.json.write_text(json.dumps(result, indent=2))
+
+    def stop_here(stage: str) -> bool:
+        if not budget.spent():
+            return False
+        result["stopped"] = f"budget of {args.budget_s:.0f} s spent before {stage}"
+        print(result["stopped"], flush=True)
+        save(stage)
+        return True
+
     attention = tuple(args.attention.split(","))
-    for name, files in prepare(args.work_dir, args.models.split(","), attention).items():
-        entry: dict[str, Any] = {"fp16_vs_fp32_512": agreement(files, providers, (512, 512))}
+    try:
+        models = prepare(args.work_dir, args.models.split(","), attention)
+    except ValueError as exc:
+        parser.error(str(exc))
+    save("prepared")
+    for name, files in models.items():
+        if stop_here(f"{name} agreement"):
+            return 0
+        entry: dict[str, Any] = {"fp16_vs_fp32_512": agreement(files, providers, (512, 512)), "latency": []}
+        result["models"][name] = entry
         print(name, json.dumps(entry), flush=True)
-        rows = []
+        save(f"{name} agreement")
         for precision, path in files.items():
-            for batch in (int(b) for b in args.batches.split(",")):
-                row = latency(path, providers, batch, (512, 512), args.iterations)
-                rows.append({"precision": precision, **row})
-                print(name, json.dumps(rows[-1]), flush=True)
-            row = latency(path, providers, 1, (full[0], full[1]), max(5, args.iterations // 3))
-            rows.append({"precision": precision, **row})
-            print(name, json.dumps(rows[-1]), flush=True)
+            steps = [
+                (batch, (512, 512), args.iterations) for batch in (int(b) for b in args.batches.split(","))
+            ]
+            steps.append((1, (full[0], full[1]), max(5, args.iterations // 3)))
+            for batch, size, iterations in steps:
+                stage = f"{name} {precision} batch {batch} {size[0]}x{size[1]}"
+                if stop_here(stage):
+                    return 0
+                row = {"precision": precision, **latency(path, providers, batch, size, iterations)}
+                entry["latency"].append(row)
+                print(name, json.dumps(row), flush=True)
+                save(stage)
+            stage = f"{name} {precision} peak memory"
+            if stop_here(stage):
+                return 0
             memory = peak_gpu_memory(path, providers, (full[0], full[1]))
             entry[f"memory_{args.full_size}_{precision}"] = memory
             print(name, precision, json.dumps(memory), flush=True)
-        entry["latency"] = rows
-        result["models"][name] = entry
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2))
+            save(stage)
+    save("done")
     return 0
 
 

@@ -130,29 +130,41 @@ def _has_logits(model: Path) -> bool:
     return any(o.name == OUTPUT_LOGITS for o in session.get_outputs())
 
 
-def prepare_r50(
-    work_dir: Path, precisions: list[str], *, seed: int = 0, rebuild: bool = False
+def prepare_resnet(
+    work_dir: Path, precisions: list[str], *, depth: int = 50, seed: int = 0, rebuild: bool = False
 ) -> PreparedModel:
-    """DANet-ResNet50-OS8 with random weights: native checkpoint + export (+ variants)."""
+    """DANet-ResNet{50,101}-OS8 (deep stem, 19 classes) with seeded random weights: native checkpoint +
+    export (+ variants), cached in ``work_dir`` by depth and seed."""
     import torch
 
     from models.checkpoints.native import save_native
-    from models.danet import danet_resnet50
+    from models.danet import danet_resnet50, danet_resnet101
 
+    builders = {50: danet_resnet50, 101: danet_resnet101}
+    if depth not in builders:
+        raise ValueError(f"depth must be one of {sorted(builders)}, got {depth}")
+    name = f"danet-r{depth}-os8"
     notes: list[str] = []
     work_dir.mkdir(parents=True, exist_ok=True)
-    stem = work_dir / f"danet-r50-os8-seed{seed}"
+    stem = work_dir / f"{name}-seed{seed}"
     checkpoint = stem.with_suffix(".safetensors")
     if rebuild or not checkpoint.exists():
         torch.manual_seed(seed)
-        model = danet_resnet50(num_classes=19, output_stride=8, name="danet-r50-os8-random").eval()
+        model = builders[depth](num_classes=19, output_stride=8, name=f"{name}-random").eval()
         save_native(model, model.config, checkpoint)
         rebuild = True  # new weights: stale exports must not be reused
     exported = _export(
         checkpoint, stem.with_suffix(".onnx"), precisions, logits=False, rebuild=rebuild, notes=notes
     )
     variants = {p: path for p, path in exported.items() if p != "fp32"}
-    return PreparedModel("danet-r50-os8", "r50", exported["fp32"], checkpoint, variants, notes)
+    return PreparedModel(name, f"r{depth}", exported["fp32"], checkpoint, variants, notes)
+
+
+def prepare_r50(
+    work_dir: Path, precisions: list[str], *, seed: int = 0, rebuild: bool = False
+) -> PreparedModel:
+    """DANet-ResNet50-OS8 with random weights (danet-bench ``--arch r50``)."""
+    return prepare_resnet(work_dir, precisions, depth=50, seed=seed, rebuild=rebuild)
 
 
 def prepare_tiny(work_dir: Path) -> PreparedModel:
