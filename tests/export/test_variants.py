@@ -13,7 +13,12 @@ from PIL import Image
 from common.contract import META_MODEL_NAME, META_PRECISION, OUTPUT_LABELS
 from export.metadata import read_metadata
 from export.onnx_export import VerificationError, export_onnx, variant_path
-from export.quantize import CalibrationError, attention_projection_convs, calibration_images
+from export.quantize import (
+    CalibrationError,
+    attention_projection_convs,
+    calibration_images,
+    normalisation_as_conv,
+)
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +89,96 @@ def test_int8_is_quantised_except_attention(variants: Any) -> None:
         if node.op_type == "Conv":
             weight_is_float = initializers.get(node.input[1]) == onnx.TensorProto.FLOAT
             assert weight_is_float == (node.name in kept), node.name
+
+
+def test_int8_chains_integer_convolutions_without_float_passes(variants: Any) -> None:
+    """No DequantizeLinear -> QuantizeLinear requantisation between a convolution and its ReLU, and the
+    input normalisation is one convolution on the pixels quantised exactly (scale 1, zero point 0)."""
+    int8 = _by_precision(variants, "int8")
+    assert int8.details["normalisation_as_conv"] is True
+    model = onnx.load(str(int8.path))
+    producers = {output: node for node in model.graph.node for output in node.output}
+    # The old graph had Conv -> Q -> DQ -> Relu -> Q -> DQ after every convolution, which onnxruntime
+    # turns into a float requantisation pass (the two Q's have different ranges).
+    relus_behind_quantised = [
+        node.name
+        for node in model.graph.node
+        if node.op_type == "Relu" and producers.get(node.input[0], node).op_type == "DequantizeLinear"
+    ]
+    assert relus_behind_quantised == []
+    requantised = [
+        node.name
+        for node in model.graph.node
+        if node.op_type == "QuantizeLinear"
+        and producers.get(node.input[0], node).op_type == "DequantizeLinear"
+    ]
+    assert requantised == []
+    assert not any(node.op_type in ("Sub", "Mul") and "mean" in node.input for node in model.graph.node)
+    constants = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    conv = next(node for node in model.graph.node if node.name == "input_normalize")
+    dequantize = producers[conv.input[0]]
+    quantize = producers[dequantize.input[0]]
+    assert producers[quantize.input[0]].op_type == "Cast"
+    assert float(constants[quantize.input[1]]) == 1.0 and int(constants[quantize.input[2]]) == 0
+
+
+def _normalisation_graph(first: str) -> onnx.ModelProto:
+    """uint8 NHWC image -> Transpose -> Cast -> Sub(mean) -> Mul(inv_std) (or Mul first, which is no match)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    mean = numpy_helper.from_array(
+        np.array([123.675, 116.28, 103.53], np.float32).reshape(1, 3, 1, 1), "mean"
+    )
+    inv = np.array([1 / 58.395, 1 / 57.12, 1 / 57.375], np.float32).reshape(1, 3, 1, 1)
+    nodes = [
+        helper.make_node("Transpose", ["image"], ["nchw"], perm=[0, 3, 1, 2]),
+        helper.make_node("Cast", ["nchw"], ["pixels"], to=TensorProto.FLOAT),
+    ]
+    if first == "sub":
+        nodes += [
+            helper.make_node("Sub", ["pixels", "mean"], ["centred"]),
+            helper.make_node("Mul", ["centred", "inv_std"], ["x"]),
+        ]
+    else:
+        nodes += [
+            helper.make_node("Mul", ["pixels", "inv_std"], ["scaled"]),
+            helper.make_node("Sub", ["scaled", "mean"], ["x"]),
+        ]
+    graph = helper.make_graph(
+        nodes,
+        "normalise",
+        [helper.make_tensor_value_info("image", TensorProto.UINT8, [1, 5, 7, 3])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 5, 7])],
+        [mean, numpy_helper.from_array(inv, "inv_std")],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def test_normalisation_as_conv_computes_the_same_values() -> None:
+    import onnxruntime as ort
+
+    image = np.random.default_rng(3).integers(0, 256, size=(1, 5, 7, 3), dtype=np.uint8)
+    original = _normalisation_graph("sub")
+    rewritten = onnx.ModelProto()
+    rewritten.CopyFrom(original)
+    assert normalisation_as_conv(rewritten) == "pixels"
+    assert [node.op_type for node in rewritten.graph.node] == ["Transpose", "Cast", "Conv"]
+    onnx.checker.check_model(rewritten, full_check=True)
+    run = [
+        ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+            None, {"image": image}
+        )[0]
+        for m in (original, rewritten)
+    ]
+    np.testing.assert_allclose(run[1], run[0], rtol=1e-5, atol=1e-5)
+    assert float(np.abs(run[0]).max()) > 1.5  # a real normalisation, not zeros
+
+
+def test_normalisation_as_conv_leaves_other_graphs_alone() -> None:
+    model = _normalisation_graph("mul")
+    before = model.SerializeToString()
+    assert normalisation_as_conv(model) is None
+    assert model.SerializeToString() == before
 
 
 def test_variant_below_its_floor_is_rejected(tmp_path: Path, tiny_loaded: Any) -> None:
