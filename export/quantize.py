@@ -274,8 +274,8 @@ def quantize_int8(
     """Write the QDQ int8 version of ``fp32_model`` to ``output``; returns what was quantised."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    model = onnx.ModelProto()
     if isinstance(fp32_model, onnx.ModelProto):
+        model = onnx.ModelProto()
         model.CopyFrom(fp32_model)  # the rewrite below must not touch the caller's graph
     else:
         model = onnx.load(str(fp32_model))

@@ -72,6 +72,7 @@ def test_full_run_writes_every_row(tiny_models: list[list[str]], tmp_path: Path)
     argv = ["--providers", "CPUExecutionProvider", "--iterations", "3", "--batches", "1,2"]
     argv += ["--full-size", "32x48", "--models", "danet-synthetic", "--json", str(out)]
     assert gpu_report.main(argv) == 0
+    assert tiny_models == [["danet-synthetic"]]
     result = json.loads(out.read_text())
     assert result["last_stage"] == "done" and "stopped" not in result
     entry = result["models"]["danet-synthetic"]
