@@ -87,17 +87,33 @@ class DanetClient:
         alpha: float | None = None,
         mode: str | None = None,
         scales: Sequence[float] | None = None,
-        flip: bool = False,
+        flip: bool | None = None,
         max_size: int | None = None,
+        tta: str | None = None,
+        base_size: int | Sequence[int] | None = None,
+        crop_size: int | Sequence[int] | None = None,
+        stride: int | Sequence[int] | None = None,
     ) -> Segmentation:
         """Segment ``image``: a file path, encoded image bytes, or a uint8 ``[H, W, 3]`` RGB array.
 
         ``format``: ``index`` (label PNG + ``labels()``), ``color``, ``overlay`` (blended with ``alpha``)
         or ``json`` (per-class statistics). ``mode`` ``whole``/``slide``, ``scales`` and ``flip`` as on
-        the server; ``max_size`` caps the longest side used for inference.
+        the server (``flip=None``: the server's default); ``max_size`` caps the longest side used for
+        inference. ``tta`` ``"official"``/``"mmseg"`` runs a published evaluation procedure instead, with
+        ``base_size`` (N or (long, short)), ``crop_size`` and ``stride`` (N or (height, width)).
         """
         options = options_from(
-            format=format, model=model, alpha=alpha, mode=mode, scales=scales, flip=flip, max_size=max_size
+            format=format,
+            model=model,
+            alpha=alpha,
+            mode=mode,
+            scales=scales,
+            flip=flip,
+            max_size=max_size,
+            tta=tta,
+            base_size=base_size,
+            crop_size=crop_size,
+            stride=stride,
         )
         return self._live().segment(image_from(image), options)
 

@@ -20,6 +20,11 @@ _OUTPUTS = {
     "json": [pb.OUTPUT_KIND_STATS],
 }
 _MODES = {None: pb.MODE_UNSPECIFIED, "whole": pb.MODE_WHOLE, "slide": pb.MODE_SLIDE}
+_TTA = {
+    None: pb.TEST_TIME_AUGMENTATION_UNSPECIFIED,
+    "official": pb.TEST_TIME_AUGMENTATION_OFFICIAL,
+    "mmseg": pb.TEST_TIME_AUGMENTATION_MMSEG,
+}
 _UNREACHABLE_HINTS = ("failed to connect", "connection refused", "dns resolution failed", "name resolution")
 
 
@@ -41,9 +46,14 @@ def request_from(image: Image, options: Options, request_id: str = "") -> pb.Seg
             label_encoding=pb.LABEL_ENCODING_PNG,
             mode=_MODES[options.mode],
             scales=list(options.scales),
-            flip=options.flip,
+            tta=_TTA[options.tta],
+            base_size=list(options.base_size),
+            crop_size=list(options.crop_size),
+            stride=list(options.stride),
         ),
     )
+    if options.flip is not None:
+        request.options.flip = options.flip
     if options.alpha is not None:
         request.options.alpha = options.alpha
     if options.max_size is not None:

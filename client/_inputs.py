@@ -43,8 +43,12 @@ class Options:
     alpha: float | None
     mode: str | None
     scales: tuple[float, ...]
-    flip: bool
+    flip: bool | None  # None: the server's default (false, or true with tta="official")
     max_size: int | None
+    tta: str | None = None
+    base_size: tuple[int, ...] = ()
+    crop_size: tuple[int, ...] = ()
+    stride: tuple[int, ...] = ()
 
 
 def _invalid(message: str) -> DanetClientError:
@@ -78,6 +82,21 @@ def image_from(value: Any) -> Image:
     raise _invalid(f"expected a path, encoded image bytes or a numpy array, got {type(value).__name__}")
 
 
+TTA_PRESETS: tuple[str, ...] = ("official", "mmseg")
+
+
+def _sizes(name: str, value: int | Sequence[int] | None) -> tuple[int, ...]:
+    """``N`` or ``(a, b)``: base_size is (long, short), crop_size/stride (height, width)."""
+    if value is None:
+        return ()
+    values = (value,) if isinstance(value, int) else tuple(value)
+    if not 1 <= len(values) <= 2 or not all(
+        isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in values
+    ):
+        raise _invalid(f"expected {name} to be one positive integer or two, got {value!r}")
+    return values
+
+
 def options_from(
     *,
     format: str,
@@ -85,8 +104,12 @@ def options_from(
     alpha: float | None,
     mode: str | None,
     scales: Sequence[float] | None,
-    flip: bool,
+    flip: bool | None,
     max_size: int | None,
+    tta: str | None = None,
+    base_size: int | Sequence[int] | None = None,
+    crop_size: int | Sequence[int] | None = None,
+    stride: int | Sequence[int] | None = None,
 ) -> Options:
     if format not in FORMATS:
         raise _invalid(f"expected format to be one of {', '.join(FORMATS)}, got {format!r}")
@@ -106,12 +129,24 @@ def options_from(
             raise _invalid(f"expected positive scales, got {list(scales)!r}")
     if max_size is not None and (isinstance(max_size, bool) or not isinstance(max_size, int) or max_size < 1):
         raise _invalid(f"expected max_size to be a positive integer, got {max_size!r}")
+    if tta is not None and tta not in TTA_PRESETS:
+        raise _invalid(f"expected tta to be one of {', '.join(TTA_PRESETS)}, got {tta!r}")
+    if tta is not None and mode is not None:
+        raise _invalid(f"mode applies to this project's procedure, not to tta={tta!r}; give one of them")
+    sizes = {"base_size": base_size, "crop_size": crop_size, "stride": stride}
+    given = [name for name, value in sizes.items() if value is not None]
+    if given and tta is None:
+        raise _invalid(f"{', '.join(given)} apply only with tta='official' or tta='mmseg'")
     return Options(
         format=format,
         model=model,
         alpha=None if alpha is None else float(alpha),
         mode=mode,
         scales=checked_scales,
-        flip=bool(flip),
+        flip=None if flip is None else bool(flip),
         max_size=max_size,
+        tta=tta,
+        base_size=_sizes("base_size", base_size),
+        crop_size=_sizes("crop_size", crop_size),
+        stride=_sizes("stride", stride),
     )

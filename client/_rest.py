@@ -65,10 +65,16 @@ class RestTransport:
             params["mode"] = options.mode
         if options.scales:
             params["scales"] = ",".join(f"{s:g}" for s in options.scales)
-        if options.flip:
-            params["flip"] = "true"
+        if options.flip is not None:
+            params["flip"] = "true" if options.flip else "false"
         if options.max_size is not None:
             params["max_size"] = options.max_size
+        if options.tta:
+            params["tta"] = options.tta
+        for name in ("base_size", "crop_size", "stride"):
+            size = getattr(options, name)
+            if size:
+                params[name] = "x".join(str(v) for v in size)
         response = self._request(
             "POST",
             "/segment",

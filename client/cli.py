@@ -2,6 +2,8 @@
 
     danet-client segment photos/ street.jpg --output out/ [--format color|index|overlay|json]
                  [--url http://host:8000 | --grpc host:8001] [--concurrency 4] [--model NAME] [--api-key KEY]
+                 [--max-size PIXELS] [--mode whole|slide] [--scales 0.75,1,1.25] [--flip | --no-flip]
+                 [--tta official|mmseg [--base-size N] [--crop-size N] [--stride N]]
 
 Exit status: 0 all images done, 1 some image failed, 2 usage error or no server reachable.
 """
@@ -15,15 +17,19 @@ from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tqdm import tqdm
 
 from client._client import DEFAULT_TIMEOUT_S, DEFAULT_URL, DanetClient
 from client._errors import DanetClientError
+from client._inputs import TTA_PRESETS, options_from
 from client._types import FORMATS
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
 EXIT_OK, EXIT_FAILURES, EXIT_USAGE = 0, 1, 2
+# The command-line options that go to DanetClient.segment under the same names.
+SEGMENT_OPTIONS = ("format", "model", "alpha", "mode", "scales", "flip", "max_size", "tta", "base_size", "crop_size", "stride")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -37,25 +43,53 @@ def _images_in(directory: Path) -> list[Path]:
 
 
 def plan_jobs(inputs: Iterable[Path], output: Path, suffix: str) -> list[Job]:
-    """One job per image; folders keep their inner layout under ``output``; clashing names get ``-N``."""
-    jobs: list[Job] = []
-    taken: set[Path] = set()
+    """One job per image; folders keep their inner layout under ``output``.
+
+    Inputs whose names differ only by extension (``street.png``, ``street.jpg``) keep it in the result's
+    name (``street.png.png``, ``street.jpg.png``); any other clash gets ``-N``.
+    """
+    pairs: list[tuple[Path, Path]] = []
     for item in inputs:
         if item.is_dir():
-            pairs = [(p, p.relative_to(item).with_suffix(suffix)) for p in _images_in(item)]
+            pairs += [(p, p.relative_to(item)) for p in _images_in(item)]
         elif item.is_file():
-            pairs = [(item, Path(item.name).with_suffix(suffix))]
+            pairs.append((item, Path(item.name)))
         else:
             raise FileNotFoundError(f"no such file or directory: {item}")
-        for source, relative in pairs:
-            target = output / relative
-            n = 1
-            while target in taken:
-                target = output / relative.with_name(f"{relative.stem}-{n}{suffix}")
-                n += 1
-            taken.add(target)
-            jobs.append(Job(source, target))
+    suffixes_by_stem: dict[Path, set[str]] = {}
+    for _, relative in pairs:
+        suffixes_by_stem.setdefault(relative.with_suffix(""), set()).add(relative.suffix.lower())
+    jobs: list[Job] = []
+    taken: set[Path] = set()
+    for source, relative in pairs:
+        stem = relative.with_suffix("")
+        name = relative.name if len(suffixes_by_stem[stem]) > 1 else stem.name
+        target = output / relative.with_name(name + suffix)
+        n = 1
+        while target in taken:
+            target = output / relative.with_name(f"{name}-{n}{suffix}")
+            n += 1
+        taken.add(target)
+        jobs.append(Job(source, target))
     return jobs
+
+
+def _size(text: str) -> tuple[int, ...]:
+    """``N`` or ``AxB`` (the server's syntax for base_size, crop_size and stride)."""
+    try:
+        values = tuple(int(part) for part in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected N or AxB, got {text!r}") from None
+    if not 1 <= len(values) <= 2 or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected N or AxB with positive numbers, got {text!r}")
+    return values
+
+
+def _scales(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -74,8 +108,31 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--model", help="model name (default: the server's default)")
     seg.add_argument("--api-key", default=os.environ.get("DANET_API_KEY"), help="API key (or $DANET_API_KEY)")
     seg.add_argument("--alpha", type=float, help="overlay opacity 0..1")
+    seg.add_argument(
+        "--max-size",
+        type=int,
+        metavar="PIXELS",
+        help="longest side used for inference; results keep the input's size (default: the server's)",
+    )
     seg.add_argument("--mode", choices=("whole", "slide"), help="whole image or sliding window")
-    seg.add_argument("--flip", action="store_true", help="add horizontally flipped inference")
+    seg.add_argument("--scales", type=_scales, metavar="S,S,...", help="test-time scales, e.g. 0.75,1,1.25")
+    seg.add_argument(
+        "--flip",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="add horizontally flipped inference (server default: off, on with --tta official)",
+    )
+    tta = seg.add_argument_group(
+        "evaluation presets",
+        "reproduce a published evaluation procedure (needs a model exported with --logits)",
+    )
+    tta.add_argument("--tta", choices=TTA_PRESETS, help="official (DANet's) or mmseg (MMSegmentation's)")
+    for flag, metavar, text in (
+        ("--base-size", "N|LONGxSHORT", "size at scale 1 (default: the model's metadata)"),
+        ("--crop-size", "N|HxW", "sliding-window crop (default: the model's metadata)"),
+        ("--stride", "N|HxW", "window stride (default 2/3 of the crop)"),
+    ):
+        tta.add_argument(flag, type=_size, metavar=metavar, help=f"--tta only: {text}")
     seg.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="seconds per request")
     seg.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     return parser
@@ -86,9 +143,19 @@ def _fail(message: str) -> int:
     return EXIT_USAGE
 
 
+def _options(args: argparse.Namespace) -> dict[str, Any]:
+    """The segmentation options of ``DanetClient.segment`` from the command line."""
+    return {name: getattr(args, name) for name in SEGMENT_OPTIONS}
+
+
 def segment_command(args: argparse.Namespace) -> int:
     if args.concurrency < 1:
         return _fail(f"--concurrency must be at least 1, got {args.concurrency}")
+    options = _options(args)
+    try:  # the library's checks, before any file is read or any server is asked
+        options_from(**options)
+    except DanetClientError as exc:
+        return _fail(str(exc))
     suffix = ".json" if args.format == "json" else ".png"
     try:
         jobs = plan_jobs(args.inputs, args.output, suffix)
@@ -119,10 +186,10 @@ def segment_command(args: argparse.Namespace) -> int:
 
 
 def _run(client: DanetClient, jobs: Sequence[Job], args: argparse.Namespace) -> int:
+    options = _options(args)
+
     def one(job: Job) -> Path:
-        result = client.segment(
-            job.source, format=args.format, model=args.model, alpha=args.alpha, mode=args.mode, flip=args.flip
-        )
+        result = client.segment(job.source, **options)
         return result.save(job.target)
 
     failures = 0
