@@ -1,8 +1,12 @@
 """Execution-provider selection: which onnxruntime provider runs a model, and with which options.
 
-onnxruntime-gpu lists CUDA/TensorRT as *available* even on a machine without a GPU and then quietly runs
-on CPU (onnxruntime #23372). So the active provider is read back from the created session, a CPU fallback
-is logged loudly, and ``require_gpu`` turns it into a start-up failure.
+onnxruntime-gpu lists CUDA/TensorRT as *available* even on a machine without a GPU, and asking for them
+there prints red provider errors before it quietly runs on CPU (onnxruntime #23372). So the CUDA driver is
+probed first (no driver or no device: the GPU providers are skipped, and the reason said once at info
+level), onnxruntime's own logger is silenced while GPU providers are tried, the active provider is read
+back from the created session, a GPU that should have worked but did not is a warning, and
+``require_gpu`` turns any CPU fallback into a start-up failure. The reason travels with the session
+(``SessionHandle.reason``) into ``/readyz``.
 """
 
 from __future__ import annotations
@@ -14,7 +18,9 @@ import functools
 import io
 import logging
 import os
-from collections.abc import Callable, Sequence
+import sys
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,6 +58,12 @@ class SessionHandle:
     requested: list[str]  # what we asked for, in order, after dropping unavailable providers
     fallback: bool  # a GPU provider was wanted but the session runs on CPU
     notes: list[str] = field(default_factory=list)  # why providers were dropped
+    reason: str = ""  # why ``provider`` runs, in one phrase (for the log line and /readyz)
+
+    @property
+    def fallback_reason(self) -> str | None:
+        """Why a wanted GPU provider is not running (None when there was no fallback)."""
+        return self.reason if self.fallback else None
 
     @property
     def on_gpu(self) -> bool:
@@ -158,23 +170,33 @@ def create_session(
     label: str = "model",
     available: Sequence[str] | None = None,
     factory: SessionFactory | None = None,
+    cuda_check: Callable[[], str | None] | None = None,
 ) -> SessionHandle:
     """Create an inference session on the best provider that works.
 
-    Tries the planned provider list; if creation raises, drops the first provider and tries again, so a
-    broken TensorRT install still gets CUDA. Raises ModelLoadError when the model cannot be loaded at all,
-    or when ``settings.require_gpu`` is set and no GPU provider became active.
+    Skips CUDA/TensorRT when ``cuda_check`` (default: :func:`cuda_problem`) names a reason, then tries the
+    planned provider list; if creation raises, drops the first provider and tries again, so a broken
+    TensorRT install still gets CUDA. Raises ModelLoadError when the model cannot be loaded at all, or when
+    ``settings.require_gpu`` is set and no GPU provider became active.
     """
     available = list(ort.get_available_providers() if available is None else available)
     factory = factory or ort.InferenceSession
     plan, notes = plan_providers(settings.providers, available)
+    skipped_for = None
+    if any(p in CUDA_FAMILY for p in plan):
+        skipped_for = (cuda_check or cuda_problem)()
+        if skipped_for is not None:
+            skipped = [p for p in plan if p in CUDA_FAMILY]
+            plan = [p for p in plan if p not in CUDA_FAMILY]
+            notes.append(f"{', '.join(skipped)} skipped: {skipped_for}")
     if settings.require_gpu and not any(p in GPU_PROVIDERS for p in plan):
         raise ModelLoadError(
             f"require_gpu is set but no GPU execution provider is usable for {label}: requested "
-            f"{list(settings.providers)}, onnxruntime offers {available}. Install onnxruntime-gpu with CUDA "
-            "or unset DANET_REQUIRE_GPU."
+            f"{list(settings.providers)}, onnxruntime offers {available}"
+            f"{f'; {skipped_for}' if skipped_for else ''}. Use a machine with a GPU and CUDA, or unset "
+            "DANET_REQUIRE_GPU / --require-gpu."
         )
-    if any(p in (CUDA, TENSORRT) for p in plan):
+    if any(p in CUDA_FAMILY for p in plan):
         _preload_cuda_libraries()
     source = str(model) if isinstance(model, Path) else model
     model_bytes = _size_of(model)
@@ -186,11 +208,12 @@ def create_session(
     session = None
     while attempt:
         try:
-            session = factory(
-                source,
-                sess_options=session_options(settings, model_bytes),
-                providers=[(name, provider_options(name, settings)) for name in attempt],
-            )
+            with _quiet_onnxruntime(any(p in GPU_PROVIDERS for p in attempt)):
+                session = factory(
+                    source,
+                    sess_options=session_options(settings, model_bytes),
+                    providers=[(name, provider_options(name, settings)) for name in attempt],
+                )
             break
         except Exception as exc:  # onnxruntime raises plain RuntimeError/Fail/InvalidGraph types
             last_error = exc
@@ -205,24 +228,126 @@ def create_session(
     active = active_list[0] if active_list else CPU
     wanted_gpu = [p for p in settings.providers if p in GPU_PROVIDERS]
     fallback = bool(wanted_gpu) and active not in GPU_PROVIDERS
-    if fallback:
-        if any(p in GPU_PROVIDERS for p in attempt) and active not in attempt[:1]:
-            notes.append(f"onnxruntime did not activate {attempt[0]} (no usable GPU / CUDA libraries?)")
-        message = (
-            f"{label}: running on {active} although {wanted_gpu} were requested "
-            f"({'; '.join(notes) or 'no GPU provider available'})"
-        )
-        if settings.require_gpu:
-            raise ModelLoadError(f"require_gpu is set: {message}")
-        logger.warning("GPU FALLBACK: %s", message, extra={"provider": active, "model": label})
-    logger.info(
-        "%s: active execution provider %s, CPU arena %s",
+    tried_gpu = [p for p in attempt if p in GPU_PROVIDERS]
+    if fallback and tried_gpu:
+        # onnxruntime accepted the GPU providers but did not activate them (its own messages were
+        # silenced): load the provider library ourselves to name what is missing.
+        cause = _provider_library_problem(tried_gpu[0]) or "no usable GPU / CUDA libraries?"
+        notes.append(f"onnxruntime did not activate {tried_gpu[0]} ({cause})")
+    reason = _reason(active, settings.providers, notes)
+    if fallback and settings.require_gpu:
+        raise ModelLoadError(f"require_gpu is set: {label} would run on {active}: {reason}")
+    if notes:
+        logger.debug("%s: provider notes: %s", label, "; ".join(notes), extra={"model": label})
+    # A GPU that should have worked (a driver is present, the providers were tried) is worth a warning;
+    # a machine without CUDA running on CPU is the normal case there and gets the same one line at info.
+    level = logging.WARNING if fallback and tried_gpu else logging.INFO
+    logger.log(
+        level,
+        "%s%s: running on %s (%s), CPU arena %s",
+        "GPU FALLBACK: " if level == logging.WARNING else "",
         label,
         active,
+        reason,
         "on" if arena else "off (large model)",
-        extra={"provider": active, "model": label},
+        extra={"provider": active, "model": label, "fallback": fallback},
     )
-    return SessionHandle(session=session, provider=active, requested=attempt, fallback=fallback, notes=notes)
+    return SessionHandle(
+        session=session, provider=active, requested=attempt, fallback=fallback, notes=notes, reason=reason
+    )
+
+
+#: The providers that need the CUDA driver (probed before onnxruntime is asked for them).
+CUDA_FAMILY = frozenset({CUDA, TENSORRT})
+
+
+def _reason(active: str, wanted: Sequence[str], notes: Sequence[str]) -> str:
+    """Why ``active`` runs, in one phrase."""
+    if active in GPU_PROVIDERS:
+        return "the first requested provider that initialised" if notes else "requested"
+    if not any(p in GPU_PROVIDERS for p in wanted):
+        return "the only provider requested"
+    return "; ".join(notes) or "no GPU provider available"
+
+
+@functools.cache
+def cuda_problem() -> str | None:
+    """Why CUDA cannot run on this machine, or None when the driver sees at least one GPU.
+
+    Asks the CUDA driver directly (``libcuda``), without onnxruntime, so a machine without a GPU gets a
+    plain reason instead of provider-library load errors. Cached: the answer does not change while the
+    process runs.
+    """
+    name = "nvcuda.dll" if sys.platform == "win32" else "libcuda.so.1"
+    try:
+        driver = ctypes.CDLL(name)
+    except OSError:
+        return f"no CUDA driver on this machine ({name} not found)"
+    try:
+        status = driver.cuInit(0)
+        if status != 0:
+            return f"the CUDA driver reports no usable GPU (cuInit error {status})"
+        count = ctypes.c_int(0)
+        status = driver.cuDeviceGetCount(ctypes.byref(count))
+    except AttributeError:
+        return f"{name} is not a CUDA driver"
+    if status != 0 or count.value < 1:
+        return "the CUDA driver sees no GPU"
+    return None
+
+
+def _provider_library_problem(provider: str) -> str | None:
+    """Load onnxruntime's library for ``provider`` to learn which dependency is missing (None: it loads)."""
+    stem = {CUDA: "cuda", TENSORRT: "tensorrt"}.get(provider)
+    if stem is None:
+        return None
+    library = Path(ort.__file__).parent / "capi" / f"libonnxruntime_providers_{stem}.so"
+    if not library.exists():
+        return None
+    try:
+        ctypes.CDLL(str(library))
+    except OSError as exc:
+        return _one_line(exc).replace(f"{library}: ", "")
+    return None
+
+
+#: onnxruntime's default logger severity (warning) and the one used while GPU providers are tried (fatal).
+_ORT_WARNING, _ORT_FATAL = 2, 4
+_quiet_lock = threading.Lock()
+_quiet_depth = 0
+_quiet_saved: dict[str, Any] = {}
+
+
+@contextlib.contextmanager
+def _quiet_onnxruntime(active: bool = True) -> Iterator[None]:
+    """Silence onnxruntime while a session with GPU providers is created.
+
+    Provider-library load failures go to onnxruntime's process-wide logger (red, on stderr) and its Python
+    fallback prints an "EP Error" block on stdout, even when the session then runs on CPU; create_session
+    reports the reason itself, once. The printed text is kept at debug level. Nested and concurrent uses
+    share one quiet period that ends with the last of them.
+    """
+    global _quiet_depth
+    if not active:
+        yield
+        return
+    with _quiet_lock:
+        if _quiet_depth == 0:
+            ort.set_default_logger_severity(_ORT_FATAL)
+            _quiet_saved["stdout"], _quiet_saved["buffer"] = sys.stdout, io.StringIO()
+            sys.stdout = _quiet_saved["buffer"]
+        _quiet_depth += 1
+    try:
+        yield
+    finally:
+        with _quiet_lock:
+            _quiet_depth -= 1
+            if _quiet_depth == 0:
+                ort.set_default_logger_severity(_ORT_WARNING)
+                sys.stdout = _quiet_saved.pop("stdout")
+                printed = _quiet_saved.pop("buffer").getvalue()
+                if printed.strip():
+                    logger.debug("onnxruntime while trying GPU providers: %s", " ".join(printed.split()))
 
 
 @functools.cache

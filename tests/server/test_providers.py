@@ -15,7 +15,9 @@ from server.providers import (
     CPU,
     CUDA,
     TENSORRT,
+    SessionHandle,
     create_session,
+    cuda_problem,
     plan_providers,
     provider_options,
     session_options,
@@ -55,6 +57,11 @@ def settings(**kw: Any) -> Settings:
     return Settings(**kw)
 
 
+def with_driver(*args: Any, **kw: Any) -> SessionHandle:
+    """create_session on a machine whose CUDA driver sees a GPU (the fakes decide what initialises)."""
+    return create_session(*args, cuda_check=lambda: None, **kw)
+
+
 def test_plan_keeps_priority_order_and_drops_unavailable() -> None:
     assert plan_providers(ALL, [CPU, CUDA]) == (
         [CUDA, CPU],
@@ -85,14 +92,14 @@ def test_cuda_and_tensorrt_options() -> None:
 
 def test_gpu_provider_active() -> None:
     factory = FakeFactory(active={CUDA})
-    handle = create_session(Path("m.onnx"), settings(providers=[CUDA, CPU]), available=ALL, factory=factory)
+    handle = with_driver(Path("m.onnx"), settings(providers=[CUDA, CPU]), available=ALL, factory=factory)
     assert handle.provider == CUDA and handle.on_gpu and not handle.fallback
     assert [name for name, _ in factory.calls[0]] == [CUDA, CPU]
 
 
 def test_failing_tensorrt_is_dropped_and_cuda_used() -> None:
     factory = FakeFactory(active={CUDA, TENSORRT}, fail={TENSORRT})
-    handle = create_session(Path("m.onnx"), settings(), available=ALL, factory=factory)
+    handle = with_driver(Path("m.onnx"), settings(), available=ALL, factory=factory)
     assert handle.provider == CUDA and not handle.fallback
     assert [[n for n, _ in call] for call in factory.calls] == [ALL, [CUDA, CPU]]
     assert any("libnvinfer" in note for note in handle.notes)
@@ -101,24 +108,25 @@ def test_failing_tensorrt_is_dropped_and_cuda_used() -> None:
 def test_silent_cpu_fallback_is_loud(caplog: pytest.LogCaptureFixture) -> None:
     factory = FakeFactory(active=set())  # providers 'available' but nothing but CPU initialises
     with caplog.at_level(logging.WARNING, logger="server.providers"):
-        handle = create_session(Path("m.onnx"), settings(), available=ALL, factory=factory)
+        handle = with_driver(Path("m.onnx"), settings(), available=ALL, factory=factory)
     assert handle.provider == CPU and handle.fallback
     warning = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert warning and "GPU FALLBACK" in warning[0].getMessage()
 
 
 def test_no_gpu_build_falls_back_to_cpu(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="server.providers"):
-        handle = create_session(
-            Path("m.onnx"), settings(), available=[CPU], factory=FakeFactory(active=set())
-        )
+    # onnxruntime without GPU providers (the CPU image) is a normal CPU start: one info line, no warning.
+    with caplog.at_level(logging.INFO, logger="server.providers"):
+        handle = with_driver(Path("m.onnx"), settings(), available=[CPU], factory=FakeFactory(active=set()))
     assert handle.provider == CPU and handle.fallback
-    assert "not available" in caplog.text
+    assert "not available" in (handle.fallback_reason or "")
+    assert [r.levelno for r in caplog.records] == [logging.INFO]
+    assert "running on CPUExecutionProvider" in caplog.records[0].getMessage()
 
 
 def test_cpu_only_configuration_is_not_a_fallback(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, logger="server.providers"):
-        handle = create_session(
+        handle = with_driver(
             Path("m.onnx"), settings(providers=[CPU]), available=ALL, factory=FakeFactory(active=set())
         )
     assert handle.provider == CPU and not handle.fallback
@@ -127,7 +135,7 @@ def test_cpu_only_configuration_is_not_a_fallback(caplog: pytest.LogCaptureFixtu
 
 def test_require_gpu_refuses_cpu_fallback() -> None:
     with pytest.raises(ModelLoadError, match="require_gpu"):
-        create_session(
+        with_driver(
             Path("m.onnx"), settings(require_gpu=True), available=ALL, factory=FakeFactory(active=set())
         )
 
@@ -135,12 +143,12 @@ def test_require_gpu_refuses_cpu_fallback() -> None:
 def test_require_gpu_refuses_cpu_only_build() -> None:
     factory = FakeFactory(active=set())
     with pytest.raises(ModelLoadError, match="no GPU execution provider"):
-        create_session(Path("m.onnx"), settings(require_gpu=True), available=[CPU], factory=factory)
+        with_driver(Path("m.onnx"), settings(require_gpu=True), available=[CPU], factory=factory)
     assert factory.calls == []  # refused before trying to load anything
 
 
 def test_require_gpu_accepts_gpu() -> None:
-    handle = create_session(
+    handle = with_driver(
         Path("m.onnx"), settings(require_gpu=True), available=ALL, factory=FakeFactory(active={TENSORRT})
     )
     assert handle.provider == TENSORRT
@@ -149,7 +157,7 @@ def test_require_gpu_accepts_gpu() -> None:
 def test_unloadable_model_is_model_load_error() -> None:
     factory = FakeFactory(active=set(), fail={CPU})
     with pytest.raises(ModelLoadError, match="cannot load"):
-        create_session(Path("m.onnx"), settings(providers=[CPU]), available=ALL, factory=factory)
+        with_driver(Path("m.onnx"), settings(providers=[CPU]), available=ALL, factory=factory)
 
 
 def test_real_onnxruntime_on_this_machine(tiny_onnx: Path) -> None:
@@ -179,3 +187,83 @@ def test_cpu_arena_follows_the_setting(arena: bool) -> None:
     # On by default (speed); off trades 2-3x time on small models for a bounded peak RSS at 1024x2048.
     assert Settings().cpu_mem_arena is True
     assert session_options(Settings(cpu_mem_arena=arena)).enable_cpu_mem_arena is arena
+
+
+def test_machine_without_cuda_skips_gpu_providers_quietly(caplog: pytest.LogCaptureFixture) -> None:
+    factory = FakeFactory(active={CUDA, TENSORRT})
+    with caplog.at_level(logging.DEBUG, logger="server.providers"):
+        handle = create_session(
+            Path("m.onnx"),
+            settings(),
+            available=ALL,
+            factory=factory,
+            cuda_check=lambda: "no CUDA driver on this machine (libcuda.so.1 not found)",
+        )
+    assert [[n for n, _ in call] for call in factory.calls] == [[CPU]]  # never asked for CUDA/TensorRT
+    assert handle.provider == CPU and handle.fallback
+    assert handle.fallback_reason is not None and "no CUDA driver" in handle.fallback_reason
+    info = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    assert len(info) == 1 and "running on CPUExecutionProvider" in info[0] and "no CUDA driver" in info[0]
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert any(r.levelno == logging.DEBUG and "skipped" in r.getMessage() for r in caplog.records)
+
+
+def test_require_gpu_without_cuda_says_why() -> None:
+    factory = FakeFactory(active={CUDA})
+    with pytest.raises(ModelLoadError, match="require_gpu.*the CUDA driver sees no GPU"):
+        create_session(
+            Path("m.onnx"),
+            settings(require_gpu=True),
+            available=ALL,
+            factory=factory,
+            cuda_check=lambda: "the CUDA driver sees no GPU",
+        )
+    assert factory.calls == []
+
+
+def test_gpu_session_has_no_fallback_reason() -> None:
+    handle = with_driver(Path("m.onnx"), settings(), available=ALL, factory=FakeFactory(active={TENSORRT}))
+    assert handle.fallback_reason is None and handle.reason
+
+
+def test_cuda_probe_matches_the_driver_library() -> None:
+    import ctypes
+
+    try:
+        ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        assert "libcuda.so.1 not found" in (cuda_problem() or "")
+    else:
+        problem = cuda_problem()
+        assert problem is None or "GPU" in problem
+
+
+def test_trying_gpu_providers_prints_no_onnxruntime_errors(
+    tiny_onnx: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """Even when onnxruntime itself tries CUDA/TensorRT (a driver, but maybe no CUDA libraries), its
+    provider errors stay off stderr/stdout, and its logger is back to normal afterwards."""
+    import sys
+
+    stdout = sys.stdout
+    handle = with_driver(tiny_onnx, settings())
+    out, err = capfd.readouterr()
+    for marker in ("EP Error", "Require cuDNN", "[E:onnxruntime", "[W:onnxruntime", "Failed to load library"):
+        assert marker not in out + err, (out + err)[-2000:]
+    assert sys.stdout is stdout
+    if handle.fallback:
+        assert handle.fallback_reason
+
+
+def test_quiet_period_is_shared_by_concurrent_sessions() -> None:
+    import sys
+
+    from server import providers
+
+    stdout = sys.stdout
+    with providers._quiet_onnxruntime():
+        inner_stdout = sys.stdout
+        with providers._quiet_onnxruntime():
+            print("EP Error (swallowed)")  # noqa: T201
+        assert sys.stdout is inner_stdout  # the inner end did not end the quiet period
+    assert sys.stdout is stdout and providers._quiet_depth == 0
