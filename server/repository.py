@@ -31,9 +31,17 @@ from typing import Any, Protocol
 from server.batching import Batcher
 from server.errors import InvalidOption, ModelLoadError, ModelNotFound, NotReady
 from server.model import ModelInfo, describe_session, resolve_model_paths
+from server.names import check_model_name, check_version, name_problem, printable
 from server.providers import SessionHandle, create_session
 from server.settings import Settings
-from server.versions import Fingerprint, ModelDir, VersionFiles, parse_policy, read_model_dir, scan_repository
+from server.versions import (
+    Fingerprint,
+    ModelDir,
+    VersionFiles,
+    parse_policy,
+    read_model_dir,
+    scan_repository,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -131,6 +139,10 @@ class ModelRepository:
             return self._pick(name, version)
 
     def _pick(self, name: str | None, version: str | None) -> LoadedVersion:
+        if name:
+            check_model_name(name)
+        if version:
+            check_version(version)
         if not self.initialised:
             raise NotReady("models are still loading")
         key = name or self._default_key()
@@ -175,24 +187,54 @@ class ModelRepository:
             return sum(e.batcher.depth for e in self._served.get(name, {}).values())
 
     def index(self, *, ready_only: bool = False) -> list[dict[str, str]]:
-        """Triton's repository index: one entry per known version; models never loaded by name only."""
-        names = set(self._status)
-        if self._root is not None and self._root.is_dir():
-            with contextlib.suppress(OSError, FileNotFoundError):
-                names |= set(scan_repository(self._root, self._policy))
+        """Triton's repository index: one entry per known version; models never loaded by name only. Entries
+        that cannot be served (an invalid name, a link outside the repository, a directory named like a
+        version that is not one) are listed UNAVAILABLE with the reason."""
+        found = self._scan_quietly() if not ready_only else {}
         rows: list[dict[str, str]] = []
-        for name in sorted(names):
+        for name in sorted(set(self._status) | set(found)):
             statuses = self._status.get(name, {})
+            shown = printable(name)
+            entry = found.get(name)
             if not statuses and not ready_only:
-                rows.append({"name": name})
+                if entry is not None and entry.error:
+                    rows.append({"name": shown, "state": UNAVAILABLE, "reason": entry.error})
+                else:
+                    rows.append({"name": shown})
             for version, status in sorted(statuses.items(), key=lambda kv: int(kv[0])):
                 if ready_only and status.state != READY:
                     continue
-                row = {"name": name, "version": version, "state": status.state}
+                row = {"name": shown, "version": version, "state": status.state}
                 if status.reason:
                     row["reason"] = status.reason
                 rows.append(row)
+            for odd, reason in sorted(entry.problems.items()) if entry is not None else ():
+                rows.append(
+                    {"name": shown, "version": printable(odd), "state": UNAVAILABLE, "reason": reason}
+                )
         return rows
+
+    def _scan(self) -> dict[str, ModelDir]:
+        assert self._root is not None
+        return scan_repository(
+            self._root, self._policy, allow_links_outside=self._settings.allow_links_outside_repository
+        )
+
+    def _scan_quietly(self) -> dict[str, ModelDir]:
+        if self._root is None:
+            return {}
+        try:
+            return self._scan()
+        except OSError:
+            return {}
+
+    def _relative(self, text: str) -> str:
+        """``text`` with the repository's location taken out: reasons are shown relative to the root."""
+        if self._root is None:
+            return text
+        for base in sorted({str(self._root), str(self._root.resolve())}, key=len, reverse=True):
+            text = text.replace(base.rstrip("/") + "/", "").replace(base, ".")
+        return text
 
     # --- changes (event loop) ---------------------------------------------------------------------
     def _change_lock(self) -> asyncio.Lock:
@@ -217,6 +259,10 @@ class ModelRepository:
             for path in resolve_model_paths(list(self._settings.models)):
                 entry = self._build(path, None, "1", ())
                 name = entry.info.name
+                problem = name_problem(name)
+                if problem is not None:
+                    entry.close(1.0)
+                    raise ModelLoadError(f"{path}: invalid model name {name!r}: a model name {problem}")
                 if name in loaded:
                     raise ModelLoadError(
                         f"two models are named {name!r} ({loaded[name].info.path} and {path}); "
@@ -241,10 +287,15 @@ class ModelRepository:
     async def _load_repository(self) -> None:
         assert self._root is not None
         try:
-            found = scan_repository(self._root, self._policy)
+            found = self._scan()
         except OSError as exc:
-            raise ModelLoadError(str(exc)) from exc
-        names = list(found)
+            raise ModelLoadError(f"{self._root}: {exc}") from exc
+        skipped = {n for n, e in found.items() if e.rejected or (e.problems and not e.versions)}
+        for name in sorted(skipped):  # listed UNAVAILABLE by the index; the other models still start
+            entry = found[name]
+            reason = entry.error or "; ".join(entry.problems.values())
+            logger.warning("model repository entry %r skipped: %s", name, reason)
+        names = [name for name in found if name not in skipped]
         if self.mode == "explicit":
             wanted = list(self._settings.load_models)
             names = names if "*" in wanted else wanted
@@ -322,9 +373,10 @@ class ModelRepository:
             try:
                 fresh[version] = await self._build_version(name, files, warm=warm)
             except Exception as exc:
-                reason = str(exc) if isinstance(exc, ModelLoadError) else f"{type(exc).__name__}: {exc}"
+                said = str(exc) if isinstance(exc, ModelLoadError) else f"{type(exc).__name__}: {exc}"
+                logger.error("cannot load %s version %s: %s", name, version, said, extra={"model": name})
+                reason = self._relative(said)  # answers show paths relative to the repository
                 errors.append(f"version {version}: {reason}")
-                logger.error("cannot load %s version %s: %s", name, version, reason, extra={"model": name})
                 if old is None:
                     status[version] = VersionStatus(UNAVAILABLE, reason, files.fingerprint)
                 else:
@@ -396,16 +448,23 @@ class ModelRepository:
             raise InvalidOption(
                 "loading with an override config or files is not supported; edit the repository"
             )
+        check_model_name(name)
         root = self._require_explicit()
         path = root / name
-        if not path.is_dir() or path.name != name:
-            raise ModelNotFound(f"model {name!r} is not in the model repository {root}")
+        if not path.is_dir():
+            raise ModelNotFound(f"model {name!r} is not in the model repository")
         async with self._change_lock():
-            found = read_model_dir(path, self._policy)
+            found = read_model_dir(
+                path,
+                self._policy,
+                root=root,
+                allow_links_outside=self._settings.allow_links_outside_repository,
+            )
             if found.error is None and not found.wanted():
+                odd = "".join(f"; {reason}" for reason in found.problems.values())
                 raise InvalidOption(
                     f"failed to load {name!r}: no version directory with a model.onnx under its version "
-                    f"policy ({found.policy})"
+                    f"policy ({found.policy}){odd}"
                 )
             errors = await self._apply(name, found, warm=True, retry_failed=True)
         if errors:
@@ -413,6 +472,7 @@ class ModelRepository:
 
     async def unload_model(self, name: str) -> None:
         """Unload every version of ``name``: requests then get ModelNotFound."""
+        check_model_name(name)
         self._require_explicit()
         async with self._change_lock():
             if name not in self._status and name not in self._served:
@@ -422,7 +482,7 @@ class ModelRepository:
     async def poll_once(self) -> None:
         assert self._root is not None
         async with self._change_lock():
-            found = scan_repository(self._root, self._policy)
+            found = self._scan()
             for name in sorted(set(found) | set(self.names())):
                 await self._apply(name, found.get(name), warm=True, retry_failed=False)
 
@@ -451,4 +511,5 @@ class ModelRepository:
         await asyncio.gather(*(asyncio.to_thread(e.close, grace) for e in entries))
 
     def describe(self) -> dict[str, Any]:
-        return {"mode": self.mode, "root": str(self._root) if self._root else None}
+        # no location: /readyz shows this without authentication
+        return {"mode": self.mode}

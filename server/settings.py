@@ -166,6 +166,86 @@ class Settings(BaseSettings):
         32 * 1024 * 1024, ge=1, description="Largest accepted request body (bytes)."
     )
     max_pixels: int = Field(40_000_000, ge=1, description="Largest accepted image (width x height).")
+    max_request_pixels: int = Field(
+        100_000_000,
+        ge=1,
+        description="Most pixels one request may send through the model, over all its passes (scales x flips "
+        "x windows; KServe: batch x height x width). The official DANet and MMSegmentation Cityscapes "
+        "multi-scale + flip evaluations of a 1024x2048 image need 73 M and 84 M.",
+    )
+    max_passes: int = Field(
+        256,
+        ge=1,
+        description="Most model passes one request may need (the Cityscapes multi-scale + flip evaluations "
+        "need 124 and 160).",
+    )
+    max_reply_bytes: int = Field(
+        256 * 1024 * 1024,
+        ge=1024,
+        description="Largest reply the server builds (KServe v2 JSON or binary tensors; checked before "
+        "inference from the output shapes).",
+    )
+    infer_at_preferred_size: bool = Field(
+        True,
+        description="Whole-image inference runs at the model's preferred size (its metadata; the default "
+        "model's training size) unless the request sets max_size; labels are restored to full size.",
+    )
+
+    # --- slow, idle and unauthenticated clients; repository boundaries -------------------------------
+    http_header_timeout_s: float = Field(
+        10.0,
+        gt=0.0,
+        description="Seconds a client has to send a request's headers, from the connection or from the "
+        "request's first byte; then 408 and the connection is closed.",
+    )
+    http_body_timeout_s: float = Field(
+        30.0,
+        gt=0.0,
+        description="Seconds a request body may take beyond what http_body_min_rate buys; a slower body "
+        "is answered 408 (or the connection closed once a reply has started).",
+    )
+    http_body_min_rate: int = Field(
+        16 * 1024,
+        ge=1,
+        description="Bytes per second: each received body byte extends the body deadline by "
+        "1/http_body_min_rate s (a body slower than this on average after http_body_timeout_s is dropped).",
+    )
+    max_connections: int = Field(
+        512,
+        ge=1,
+        description="Open HTTP connections at once; one more is answered 503 and closed.",
+    )
+    keep_alive_s: int = Field(5, ge=1, description="Seconds an idle HTTP keep-alive connection stays open.")
+    grpc_max_connection_idle_s: float | None = Field(
+        300.0, gt=0.0, description="Seconds a gRPC connection without calls stays open (None = forever)."
+    )
+    grpc_max_connection_age_s: float | None = Field(
+        3600.0,
+        gt=0.0,
+        description="Seconds before a gRPC connection is asked to reconnect (GOAWAY); calls then in flight "
+        "get request_timeout_s more to finish (None = forever).",
+    )
+    grpc_max_concurrent_streams: int = Field(
+        100, ge=1, description="Concurrent gRPC calls (HTTP/2 streams) per connection."
+    )
+    grpc_keepalive_s: float = Field(
+        60.0,
+        gt=0.0,
+        description="Seconds of silence before the gRPC server pings a client; one that does not answer "
+        "within 20 s is disconnected.",
+    )
+    require_api_key: bool = Field(
+        False, description="Refuse to start without an API key (api_key / DANET_API_KEY)."
+    )
+    metrics_public: bool = Field(
+        False,
+        description="Serve /metrics without the API key (for a Prometheus scrape that sends none).",
+    )
+    allow_links_outside_repository: bool = Field(
+        False,
+        description="Serve model and version directories or files that resolve (symlinks) outside "
+        "model_repository.",
+    )
 
     # --- HTTP --------------------------------------------------------------------------------------
     api_key: SecretStr | None = Field(None, description="Require this key (Bearer or X-API-Key) when set.")
@@ -222,6 +302,12 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_key_is_none(cls, value: Any) -> Any:
         return None if value == "" else value
+
+    @model_validator(mode="after")
+    def _key_required(self) -> Settings:
+        if self.require_api_key and not self.api_key_value():
+            raise ValueError("require_api_key is set but no API key is given (set api_key / DANET_API_KEY)")
+        return self
 
     def api_key_value(self) -> str | None:
         return self.api_key.get_secret_value() if self.api_key is not None else None

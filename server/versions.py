@@ -5,6 +5,11 @@ Layout: ``ROOT/<name>/config.pbtxt`` (optional) and ``ROOT/<name>/<version>/mode
 positive integers as in Triton. Only the parts of ``config.pbtxt`` that matter here are read (``name``,
 ``platform`` / ``backend``, ``version_policy``), with small patterns rather than a protobuf parser, so that
 the server never registers Triton's ``inference.*`` symbols just to read a text file.
+
+Nothing here raises on an odd entry: a model directory that cannot be served carries its ``error``, a version
+directory that cannot be one lands in ``problems``, and every reason names paths relative to the repository
+root (answers never show where the repository lives). Directories and files that resolve (symlinks) outside
+the root are refused unless ``allow_links_outside`` says otherwise.
 """
 
 from __future__ import annotations
@@ -14,11 +19,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from server.names import name_problem, version_problem
+
 MODEL_FILENAME = "model.onnx"
 CONFIG_FILENAME = "config.pbtxt"
 ONNX_PLATFORMS = ("onnxruntime_onnx",)
 ONNX_BACKENDS = ("onnxruntime",)
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 Fingerprint = tuple[int, ...]
 
@@ -103,8 +109,23 @@ def _string_field(text: str, key: str) -> str | None:
     return found.group(1) if found else None
 
 
-def valid_model_name(name: str) -> bool:
-    return bool(_NAME.match(name)) and name not in {".", ".."}
+def relative(path: Path, root: Path) -> str:
+    """``path`` as shown in answers: relative to the repository root (never the absolute location)."""
+    for base in (root, root.resolve()):
+        try:
+            return path.relative_to(base).as_posix()
+        except ValueError:
+            continue
+    return path.name
+
+
+def escapes(path: Path, root: Path) -> bool:
+    """Whether ``path`` resolves (through symlinks) to somewhere outside ``root``."""
+    try:
+        path.resolve().relative_to(root.resolve())
+    except (OSError, RuntimeError, ValueError):  # RuntimeError: a symlink loop
+        return True
+    return False
 
 
 def _stat(path: Path) -> Fingerprint:
@@ -130,21 +151,47 @@ class ModelDir:
     path: Path
     policy: VersionPolicy
     versions: dict[str, VersionFiles] = field(default_factory=dict)
-    error: str | None = None  # the directory cannot be served at all (bad config.pbtxt)
+    error: str | None = None  # the directory cannot be served at all (bad name, link outside, bad config)
+    problems: dict[str, str] = field(default_factory=dict)  # entry name -> why it is not a usable version
+    rejected: bool = False  # not a model directory at all (invalid name, resolves outside the repository)
 
     def wanted(self) -> list[str]:
         """The versions the policy selects, oldest first."""
         return [str(v) for v in self.policy.select(int(v) for v in self.versions)]
 
 
-def read_model_dir(path: Path, default_policy: VersionPolicy) -> ModelDir:
-    """Versions and policy of ``path`` (a model directory). Problems land in ``error``, never raise."""
+def _version_dir(child: Path, root: Path, allow_links_outside: bool) -> str | None:
+    """Why ``child`` (a directory named like a version) cannot be served, or None."""
+    if not allow_links_outside:
+        for path in (child, child / MODEL_FILENAME):
+            if path.exists() and escapes(path, root):
+                return f"{relative(path, root)} resolves outside the model repository"
+    return None
+
+
+def read_model_dir(
+    path: Path, default_policy: VersionPolicy, *, root: Path | None = None, allow_links_outside: bool = False
+) -> ModelDir:
+    """Versions and policy of ``path`` (a model directory under ``root``, by default its parent).
+    Problems land in ``error`` and ``problems``, never raise."""
+    root = path.parent if root is None else root
     name = path.name
+    problem = name_problem(name)
+    if problem is not None:
+        return ModelDir(
+            name, path, default_policy, error=f"invalid model name: a model name {problem}", rejected=True
+        )
+    if not allow_links_outside and escapes(path, root):
+        return ModelDir(
+            name, path, default_policy, error=f"{name} resolves outside the model repository", rejected=True
+        )
     config = path / CONFIG_FILENAME
     policy = default_policy
     config_print: Fingerprint = ()
     try:
         if config.is_file():
+            if not allow_links_outside and escapes(config, root):
+                raise ValueError("resolves outside the model repository")
             config_print = _stat(config)
             text = config.read_text(encoding="utf-8", errors="replace")
             declared = _string_field(text, "name")
@@ -158,23 +205,78 @@ def read_model_dir(path: Path, default_policy: VersionPolicy) -> ModelDir:
                 )
             policy = policy_from_config(text) or default_policy
     except (OSError, ValueError) as exc:
-        return ModelDir(name, path, default_policy, error=f"{config}: {exc}")
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        return ModelDir(name, path, default_policy, error=f"{relative(config, root)}: {reason}")
     versions: dict[str, VersionFiles] = {}
-    for child in path.iterdir():
-        if child.is_dir() and child.name.isdigit() and int(child.name) > 0:
-            model = child / MODEL_FILENAME
-            versions[str(int(child.name))] = VersionFiles(
-                str(int(child.name)), model, _stat(model) + config_print
-            )
-    return ModelDir(name, path, policy, dict(sorted(versions.items(), key=lambda kv: int(kv[0]))))
+    problems: dict[str, str] = {}
+    try:
+        children = sorted(path.iterdir())
+    except OSError as exc:
+        return ModelDir(name, path, policy, error=f"{name}: {exc.strerror or exc}")
+    for child in children:
+        if not child.name.isdigit() or not child.is_dir():
+            continue  # not a version directory (Triton ignores these as well)
+        problem = version_problem(child.name)
+        if problem is not None:
+            if not (child.name.isascii() and int(child.name) == 0):  # "0": ignored, as by Triton
+                problems[child.name] = f"{relative(child, root)}: not a version: a version {problem}"
+            continue
+        problem = _version_dir(child, root, allow_links_outside)
+        if problem is not None:
+            problems[child.name] = problem
+            continue
+        model = child / MODEL_FILENAME
+        version = str(int(child.name))
+        versions[version] = VersionFiles(version, model, _stat(model) + config_print)
+    ordered = dict(sorted(versions.items(), key=lambda kv: int(kv[0])))
+    return ModelDir(name, path, policy, ordered, problems=problems)
 
 
-def scan_repository(root: Path, default_policy: VersionPolicy) -> dict[str, ModelDir]:
-    """Every model directory under ``root`` by name (sorted); hidden and invalid names are skipped."""
+def scan_repository(
+    root: Path, default_policy: VersionPolicy, *, allow_links_outside: bool = False
+) -> dict[str, ModelDir]:
+    """Every model directory under ``root`` by name (sorted); hidden entries (``.name``) are skipped, invalid
+    names and directories that resolve outside ``root`` are listed with their ``error``."""
     if not root.is_dir():
-        raise FileNotFoundError(f"model repository {root} is not a directory")
-    return {
-        child.name: read_model_dir(child, default_policy)
-        for child in sorted(root.iterdir())
-        if child.is_dir() and valid_model_name(child.name)
-    }
+        raise FileNotFoundError("the model repository is not a directory")
+    found: dict[str, ModelDir] = {}
+    for child in sorted(root.iterdir()):
+        if child.name.startswith(".") or not child.is_dir():
+            continue
+        found[child.name] = read_model_dir(
+            child, default_policy, root=root, allow_links_outside=allow_links_outside
+        )
+    return found
+
+
+def batching_from_config(text: str) -> dict[str, object] | None:
+    """``max_batch_size``, ``dynamic_batching`` and ``instance_group`` of a config.pbtxt, None when it sets
+    none of them. ``instance_count`` sums the groups' counts (Triton runs that many instances)."""
+    found: dict[str, object] = {}
+    size = re.search(r"^\s*max_batch_size\s*:\s*(\d+)", text, flags=re.M)
+    if size:
+        found["max_batch_size"] = int(size.group(1))
+    dynamic = _block(text, "dynamic_batching")
+    if dynamic is not None:
+        settings: dict[str, object] = {}
+        delay = re.search(r"max_queue_delay_microseconds\s*:\s*(\d+)", dynamic)
+        if delay:
+            settings["max_queue_delay_microseconds"] = int(delay.group(1))
+        preferred = re.findall(r"preferred_batch_size\s*:\s*(\[[^\]]*\]|\d+)", dynamic)
+        if preferred:
+            settings["preferred_batch_size"] = [int(v) for v in re.findall(r"\d+", " ".join(preferred))]
+        found["dynamic_batching"] = settings
+    groups = re.search(r"\binstance_group\s*:?\s*\[(.*?)\]", text, flags=re.S)
+    if groups:
+        counts = [int(c) for c in re.findall(r"\bcount\s*:\s*(\d+)", groups.group(1))]
+        found["instance_count"] = sum(counts) if counts else 1
+    return found or None
+
+
+def read_batching(model_dir: Path) -> dict[str, object] | None:
+    """The batching part of ``model_dir/config.pbtxt`` (None without the file or the fields)."""
+    config = model_dir / CONFIG_FILENAME
+    try:
+        return batching_from_config(config.read_text(encoding="utf-8", errors="replace"))
+    except (OSError, ValueError):
+        return None
