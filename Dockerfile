@@ -1,6 +1,6 @@
 # danet-serve images (docs/deploy.md). Targets:
 #   cpu     python:3.11-slim + onnxruntime (CPU build); the default target (last stage)
-#   gpu     CUDA 13 + cuDNN 9 runtime + onnxruntime-gpu
+#   gpu     the same Python base + onnxruntime-gpu with CUDA 13, cuDNN 9 and cuBLAS from PyPI wheels
 #   export  one-shot `danet-export` with torch (CPU build); never used for serving
 # The runtime images hold the danet-serve wheel (embedded default model included as package data), its
 # runtime dependencies and nothing else: no torch, no compiler, no build tools. Configuration is by
@@ -10,7 +10,6 @@
 # here (RUN --mount), and fetching a frontend image would need a registry, which offline builders lack.
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
-ARG CUDA_IMAGE=nvidia/cuda:13.0.1-cudnn-runtime-ubuntu24.04
 
 # Layers are few on purpose: every RUN/COPY is one layer, and storage drivers without overlays (vfs in CI)
 # copy the whole file system per layer. Helper scripts that only run at build time are bind-mounted.
@@ -40,43 +39,41 @@ RUN --mount=type=bind,target=/src,rw \
         > /wheels/requirements-export.txt
 
 # ---------------------------------------------------------------------------------------------------
-# gpu: NVIDIA CUDA 13 + cuDNN 9 runtime (what onnxruntime-gpu links against) with Ubuntu's Python 3.
-FROM ${CUDA_IMAGE} AS gpu
+# gpu: the cpu image's Python base + onnxruntime-gpu with NVIDIA's CUDA 13, cuDNN 9 and cuBLAS wheels from
+# PyPI (runtime_requirements.py); no vendor CUDA base image. The host provides only the driver
+# (libcuda.so.1, mounted by the NVIDIA Container Toolkit); every other library the CUDA provider links is
+# in the image, which check_image.py verifies with ldd during the build.
+FROM ${PYTHON_IMAGE} AS gpu
 # Optional TensorRT execution provider: e.g. --build-arg TENSORRT_LIBS="tensorrt-cu13-libs==10.*"
 # (onnxruntime-gpu links libnvinfer.so.10). Without it the server uses the CUDA provider.
 ARG TENSORRT_LIBS=""
-ENV DEBIAN_FRONTEND=noninteractive \
-    PYTHONDONTWRITEBYTECODE=1 \
+ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    VIRTUAL_ENV=/opt/venv \
-    PATH=/opt/venv/bin:$PATH
+    PIP_DISABLE_PIP_VERSION_CHECK=1
 COPY deploy/docker/healthcheck.py /usr/local/bin/danet-healthcheck
-# Ubuntu's python3 package versions move with the base image's security updates; pinning them would
-# break the build whenever the archive drops the pinned version, so the base image tag is the pin.
+# Two layers, unlike cpu: the first (user, folders, onnxruntime-gpu + the CUDA libraries, ~3 GB) mounts
+# only the requirement list, so it stays cached while the sources change; the second adds the wheel.
+# The nvidia/*/lib folders of the wheels go into the dynamic loader's configuration, so the CUDA provider,
+# cuDNN's own dlopen of its engines, ldd and any process resolve them without LD_LIBRARY_PATH.
 # TENSORRT_LIBS is a requirement spec chosen by whoever builds (empty = skipped), pinned there, not here.
-# hadolint ignore=DL3008,DL3013
-RUN --mount=type=bind,from=builder,source=/wheels,target=/tmp/wheels \
+# hadolint ignore=DL3013
+RUN --mount=type=bind,from=builder,source=/wheels/requirements-gpu.txt,target=/tmp/requirements-gpu.txt \
     --mount=type=secret,id=pip_conf,target=/etc/pip.conf \
-    --mount=type=bind,source=deploy/docker/check_image.py,target=/tmp/check_image.py \
-    apt-get update \
-    && apt-get install -y --no-install-recommends python3 python3-venv \
-    && rm -rf /var/lib/apt/lists/* \
-    && python3 -m venv /opt/venv \
-    && groupadd --system --gid 10001 danet \
+    groupadd --system --gid 10001 danet \
     && useradd --system --uid 10001 --gid danet --create-home --home-dir /home/danet \
         --shell /usr/sbin/nologin danet \
     && mkdir -p /models /var/cache/danet-serve/tensorrt \
     && chown danet:danet /models /var/cache/danet-serve/tensorrt \
-    && pip install -r /tmp/wheels/requirements-gpu.txt \
-    && pip install --no-deps /tmp/wheels/danet_serve-*.whl \
-    && if [ -n "${TENSORRT_LIBS}" ]; then \
-        pip install "${TENSORRT_LIBS}" \
-        && python -c "import os, tensorrt_libs; print(os.path.dirname(tensorrt_libs.__file__))" \
-            > /etc/ld.so.conf.d/tensorrt-libs.conf \
-        && ldconfig; \
-    fi \
+    && pip install -r /tmp/requirements-gpu.txt \
+    && if [ -n "${TENSORRT_LIBS}" ]; then pip install "${TENSORRT_LIBS}"; fi \
+    && python -c "import glob, sysconfig; p = sysconfig.get_path('purelib'); \
+        print(*sorted(glob.glob(p + '/nvidia/*/lib') + glob.glob(p + '/tensorrt_libs')), sep='\n')" \
+        > /etc/ld.so.conf.d/danet-nvidia-wheels.conf \
+    && ldconfig
+RUN --mount=type=bind,from=builder,source=/wheels,target=/tmp/wheels \
+    --mount=type=bind,source=deploy/docker/check_image.py,target=/tmp/check_image.py \
+    pip install --no-deps /tmp/wheels/danet_serve-*.whl \
     && python /tmp/check_image.py --flavour gpu
 ENV DANET_HOST=0.0.0.0 \
     DANET_HTTP_PORT=8000 \

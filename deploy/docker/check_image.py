@@ -4,7 +4,10 @@
 Checked inside the freshly installed image (see the Dockerfile):
 - the embedded default model is installed as package data;
 - the serving path imports, and neither torch nor a C compiler is present;
-- exactly the flavour's onnxruntime build is installed and offers its execution provider.
+- exactly the flavour's onnxruntime build is installed and offers its execution provider;
+- gpu: every library the CUDA provider (and cuDNN, which it loads at run time; TensorRT's provider when
+  its libraries are installed) links resolves in the image, except the driver's ``libcuda.so.1``, which
+  the NVIDIA Container Toolkit mounts from the host. ``--libraries`` prints what ldd resolved.
 """
 
 from __future__ import annotations
@@ -12,15 +15,23 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import json
+import re
 import shutil
+import subprocess
 import sys
+import sysconfig
 from collections.abc import Sequence
 from importlib import metadata
+from pathlib import Path
 
 FORBIDDEN_MODULES = ("torch",)
 FORBIDDEN_PROGRAMS = ("gcc", "cc", "g++", "clang")
 REQUIRED_PROVIDER = {"cpu": "CPUExecutionProvider", "gpu": "CUDAExecutionProvider"}
 ONNXRUNTIME_DISTRIBUTION = {"cpu": "onnxruntime", "gpu": "onnxruntime-gpu"}
+#: Provided by the host's driver at run time (the container toolkit mounts it), never by the image.
+DRIVER_LIBRARIES = frozenset({"libcuda.so.1"})
+_LDD_LINE = re.compile(r"^\s*(\S+)\s+=>\s+(.*?)(?:\s+\(0x[0-9a-f]+\))?$")
 
 
 def _installed(distribution: str) -> bool:
@@ -58,13 +69,69 @@ def problems(flavour: str) -> list[str]:
     available = ort.get_available_providers()
     if REQUIRED_PROVIDER[flavour] not in available:
         found.append(f"onnxruntime lacks {REQUIRED_PROVIDER[flavour]} (has {available})")
+    if flavour == "gpu":
+        try:
+            libraries = gpu_libraries()
+        except (OSError, RuntimeError) as exc:
+            found.append(f"cannot check the GPU libraries: {exc}")
+            libraries = {}
+        for library, links in libraries.items():
+            for name, path in links.items():
+                if path is not None or name in DRIVER_LIBRARIES:
+                    continue
+                found.append(
+                    f"{library} is missing (its wheel is not installed)"
+                    if Path(library).name == name
+                    else f"{library} links {name}, which is not found (missing wheel or ld.so.conf.d entry)"
+                )
     return found
+
+
+def gpu_libraries() -> dict[str, dict[str, str | None]]:
+    """{shared library: {linked name: resolved path or None}} for the GPU provider libraries, per ldd.
+
+    Checked: onnxruntime's CUDA provider, cuDNN's libraries (dlopened by name at run time, so their own
+    links count too), and the TensorRT provider when TensorRT's libraries are installed.
+    """
+    capi = Path(importlib.import_module("onnxruntime").__file__).parent / "capi"
+    purelib = Path(sysconfig.get_path("purelib"))
+    cudnn = purelib / "nvidia" / "cudnn" / "lib"
+    libraries = [capi / "libonnxruntime_providers_cuda.so", cudnn / "libcudnn.so.9"]
+    libraries += sorted(set(cudnn.glob("libcudnn*.so*")) - set(libraries))
+    if (purelib / "tensorrt_libs").is_dir():
+        libraries.append(capi / "libonnxruntime_providers_tensorrt.so")
+    return {str(library): ldd(library) for library in libraries}
+
+
+def ldd(library: Path) -> dict[str, str | None]:
+    """{linked name: resolved path, or None when not found} as ``ldd`` reports it.
+
+    A missing file is reported as itself not found; ldd failing or naming nothing raises RuntimeError,
+    so the gate cannot pass by not looking.
+    """
+    if not library.is_file():
+        return {library.name: None}
+    proc = subprocess.run(["ldd", str(library)], capture_output=True, text=True, check=False)
+    links: dict[str, str | None] = {}
+    for line in proc.stdout.splitlines():
+        match = _LDD_LINE.match(line)
+        if match:
+            name, target = match.groups()
+            links[name] = None if target == "not found" else target
+    if proc.returncode != 0 or not links:
+        raise RuntimeError(f"ldd {library} exited {proc.returncode}: {proc.stderr.strip()[-300:]}")
+    return links
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--flavour", choices=sorted(REQUIRED_PROVIDER), required=True)
+    parser.add_argument(
+        "--libraries", action="store_true", help="gpu: print what ldd resolved for each library, as JSON"
+    )
     args = parser.parse_args(argv)
+    if args.libraries:
+        sys.stdout.write(json.dumps(gpu_libraries(), indent=1) + "\n")
     found = problems(args.flavour)
     for line in found:
         sys.stderr.write(f"check_image: {line}\n")

@@ -7,8 +7,13 @@ therefore install the wheel with ``--no-deps`` and take their dependency list fr
 the wheel's own ``Requires-Dist`` (so pyproject.toml stays the single source) and swaps the onnxruntime
 distribution for the flavour:
 
-    cpu  -> onnxruntime       (python:3.11-slim runtime, and the export image)
-    gpu  -> onnxruntime-gpu   (CUDA + cuDNN runtime image)
+    cpu  -> onnxruntime                   (python:3.11-slim runtime, and the export image)
+    gpu  -> onnxruntime-gpu[cuda,cudnn]   (the same base; CUDA 13 + cuDNN 9 from PyPI) + cuBLAS
+
+The gpu image gets its CUDA libraries from NVIDIA's PyPI wheels, not from a CUDA base image: onnxruntime-gpu's
+``cuda`` and ``cudnn`` extras (CUDA runtime, NVRTC, cuFFT, cuRAND, cuDNN) plus cuBLAS, which its CUDA provider
+links (``libcublas.so.13``, ``libcublasLt.so.13``) but no extra declares. The CUDA major of ``GPU_LIBRARIES``
+must be the one onnxruntime-gpu was built for; check_image.py fails the build when a linked library is missing.
 
 ``--extra export`` adds that extra's requirements (torch, onnx, ...) for the one-shot export image.
 """
@@ -25,6 +30,11 @@ from pathlib import Path
 from packaging.requirements import Requirement
 
 ONNXRUNTIME_BY_FLAVOUR = {"cpu": "onnxruntime", "gpu": "onnxruntime-gpu"}
+#: onnxruntime extras each flavour installs: the CUDA and cuDNN wheels for the gpu image.
+ONNXRUNTIME_EXTRAS = {"cpu": (), "gpu": ("cuda", "cudnn")}
+#: Libraries the flavour needs next to onnxruntime that no onnxruntime extra declares.
+GPU_LIBRARIES = ("nvidia-cublas~=13.0",)
+EXTRA_LIBRARIES = {"cpu": (), "gpu": GPU_LIBRARIES}
 _ONNXRUNTIME_NAMES = frozenset(ONNXRUNTIME_BY_FLAVOUR.values())
 
 
@@ -55,7 +65,8 @@ def select_requirements(requires_dist: Iterable[str], flavour: str, extras: Sequ
     # Keep the version specifier declared for the flavour's own distribution when there is one.
     chosen = next((req for req in onnxruntime if req.name.lower() == wanted), onnxruntime[0])
     chosen.name, chosen.marker = wanted, None
-    return [str(chosen), *selected]
+    chosen.extras = set(ONNXRUNTIME_EXTRAS[flavour])
+    return [str(chosen), *EXTRA_LIBRARIES[flavour], *selected]
 
 
 def wheel_requires_dist(wheel: Path) -> list[str]:

@@ -30,6 +30,7 @@ DOCKER_DIR = sc.DEPLOY_DIR / "docker"
 TEST_OVERRIDE = Path(__file__).with_name("compose.test.yml")
 CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "danet-serve"
 CPU_IMAGE = "danet-serve:cpu"
+GPU_IMAGE = "danet-serve:gpu"
 BASE_IMAGE = "danet-local/python:3.11-bookworm"  # local-base.sh's default tag
 
 
@@ -97,12 +98,14 @@ def stand_in_base() -> str:
 
 @contextmanager
 def served_wheelhouse() -> Iterator[Path]:
-    """The host wheelhouse (cpu + export images) as a package index on 127.0.0.1; yields a pip.conf for it."""
+    """The host wheelhouse as a package index on 127.0.0.1; yields a pip.conf for it.
+
+    One list for every image the docker tests build (cpu, gpu with its CUDA wheels, export), so the test
+    modules share one stamp and a second run downloads nothing.
+    """
     directory = CACHE_DIR / "wheelhouse"
-    run(
-        [sys.executable, DOCKER_DIR / "wheelhouse.py", directory, "--flavour", "cpu", "--extra", "export"],
-        timeout=900,
-    )
+    flavours = ["--flavour", "cpu", "--flavour", "gpu", "--extra", "export"]
+    run([sys.executable, DOCKER_DIR / "wheelhouse.py", directory, *flavours], timeout=1500)
     handler = functools.partial(_QuietHandler, directory=str(directory))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -125,12 +128,13 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
 class ComposeProject:
     """``docker compose -p NAME -f docker-compose.yml -f compose.test.yml`` with a fixed environment."""
 
-    def __init__(self, name: str, env: dict[str, str]) -> None:
+    def __init__(self, name: str, env: dict[str, str], profiles: Sequence[str] = ("export",)) -> None:
         self.name = name
         self.env = {**os.environ, **env}
         binary = sc.compose_binary()
         assert binary is not None
-        self.base = [binary, "-p", name, "-f", sc.COMPOSE_FILE, "-f", TEST_OVERRIDE, "--profile", "export"]
+        self.base = [binary, "-p", name, "-f", sc.COMPOSE_FILE, "-f", TEST_OVERRIDE]
+        self.base += [arg for profile in profiles for arg in ("--profile", profile)]
 
     def __call__(
         self, *args: str, timeout: float = 300, check: bool = True, **env: str
@@ -159,6 +163,28 @@ class ComposeProject:
 
     def down(self) -> None:
         self("down", "--volumes", "--remove-orphans", "--timeout", "5", check=False)
+
+
+def build_project(
+    name: str,
+    env: dict[str, str],
+    services: Sequence[str],
+    watch: Stopwatch,
+    profiles: Sequence[str] = ("export",),
+    timeout: float = 1500,
+) -> ComposeProject:
+    """Stand-in base, served wheelhouse and ``docker compose build SERVICES`` (laps: base, wheelhouse, build)."""
+    with setup_lock():
+        with watch.lap("base"):
+            base = stand_in_base()
+        start = time.monotonic()
+        with served_wheelhouse() as pip_conf:
+            watch.laps["wheelhouse"] = time.monotonic() - start
+            test_env = {"DANET_TEST_PYTHON_IMAGE": base, "DANET_TEST_PIP_CONF": str(pip_conf)}
+            compose = ComposeProject(name, {**test_env, **env}, profiles)
+            with watch.lap("build"):
+                compose("build", *services, timeout=timeout)
+    return compose
 
 
 def prune_dangling() -> None:

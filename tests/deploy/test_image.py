@@ -58,26 +58,14 @@ def project(request: pytest.FixtureRequest) -> Iterator[Project]:
     if reason is not None:
         pytest.skip(reason)
     watch = de.Stopwatch()
-    with de.setup_lock():
-        with watch.lap("base"):
-            base = de.stand_in_base()
-        start = time.monotonic()
-        with de.served_wheelhouse() as pip_conf:
-            watch.laps["wheelhouse"] = time.monotonic() - start
-            compose = de.ComposeProject(
-                f"danet-test-{os.getpid()}",
-                {
-                    "DANET_TEST_PYTHON_IMAGE": base,
-                    "DANET_TEST_PIP_CONF": str(pip_conf),
-                    "DANET_PUBLISH_HTTP": "127.0.0.1:0",
-                    "DANET_PUBLISH_GRPC": "127.0.0.1:0",
-                    "EXPORT_CHECKPOINT_DIR": str(sc.REPO_ROOT / "models" / "weights"),
-                    "EXPORT_CHECKPOINT": "danet-synthetic.safetensors",
-                    "EXPORT_OUTPUT": f"{EXPORTED}.onnx",
-                },
-            )
-            with watch.lap("build"):
-                compose("build", "danet", "export", timeout=1500)
+    env = {
+        "DANET_PUBLISH_HTTP": "127.0.0.1:0",
+        "DANET_PUBLISH_GRPC": "127.0.0.1:0",
+        "EXPORT_CHECKPOINT_DIR": str(sc.REPO_ROOT / "models" / "weights"),
+        "EXPORT_CHECKPOINT": "danet-synthetic.safetensors",
+        "EXPORT_OUTPUT": f"{EXPORTED}.onnx",
+    }
+    compose = de.build_project(f"danet-test-{os.getpid()}", env, ["danet", "export"], watch)
     try:
         with watch.lap("healthy"):
             compose.up()

@@ -42,6 +42,20 @@ def _names(lines: list[str]) -> list[str]:
     return [Requirement(line).name.lower() for line in lines]
 
 
+def test_gpu_flavour_brings_the_cuda_libraries_and_cublas() -> None:
+    # onnxruntime-gpu's extras cover CUDA runtime, NVRTC, cuFFT, cuRAND and cuDNN, not cuBLAS, which its
+    # CUDA provider links (libcublas.so.13, libcublasLt.so.13).
+    lines = runtime_requirements.select_requirements(_requires_dist(), "gpu")
+    onnxruntime = Requirement(lines[0])
+    assert onnxruntime.name == "onnxruntime-gpu" and onnxruntime.extras == {"cuda", "cudnn"}
+    cublas = [Requirement(line) for line in lines if Requirement(line).name == "nvidia-cublas"]
+    assert len(cublas) == 1 and "13.0" in cublas[0].specifier and "14.0" not in cublas[0].specifier
+    assert not any(
+        name.startswith("nvidia-")
+        for name in _names(runtime_requirements.select_requirements(_requires_dist(), "cpu"))
+    )
+
+
 @pytest.mark.parametrize(
     ("flavour", "wanted", "unwanted"),
     [("cpu", "onnxruntime", "onnxruntime-gpu"), ("gpu", "onnxruntime-gpu", "onnxruntime")],
@@ -73,7 +87,7 @@ def test_version_specifier_survives_the_swap() -> None:
         "onnxruntime-gpu>=1.23; sys_platform == 'linux'",
         "onnxruntime>=1.20; sys_platform != 'linux'",
     ]
-    assert runtime_requirements.select_requirements(lines, "gpu")[0] == "onnxruntime-gpu>=1.23"
+    assert runtime_requirements.select_requirements(lines, "gpu")[0] == "onnxruntime-gpu[cuda,cudnn]>=1.23"
     assert runtime_requirements.select_requirements(lines, "cpu")[0] == "onnxruntime>=1.20"
 
 
@@ -159,11 +173,43 @@ def test_image_gate_rejects_this_development_environment() -> None:
     assert model_missing == (not DEFAULT_ONNX.is_file())
 
 
+def test_gpu_gate_lets_only_the_driver_be_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    links = {
+        "/x/libonnxruntime_providers_cuda.so": {
+            "libcuda.so.1": None,  # the host's driver, mounted by the container toolkit
+            "libcublas.so.13": None,
+            "libcudart.so.13": "/x/nvidia/cu13/lib/libcudart.so.13",
+        },
+        "/x/nvidia/cudnn/lib/libcudnn.so.9": {"libcudnn.so.9": None},  # the file itself is absent
+    }
+    monkeypatch.setattr(check_image, "gpu_libraries", lambda: links)
+    gpu = [line for line in check_image.problems("gpu") if "/x/" in line]
+    assert len(gpu) == 2, gpu
+    assert "links libcublas.so.13, which is not found" in gpu[0]
+    assert gpu[1].endswith("libcudnn.so.9 is missing (its wheel is not installed)")
+    assert not any("/x/" in line for line in check_image.problems("cpu"))
+
+
+def test_ldd_reads_links_and_refuses_to_pass_without_looking(tmp_path: Path) -> None:
+    import onnxruntime
+
+    capi = Path(onnxruntime.__file__).parent / "capi"
+    extension = next(capi.glob("onnxruntime_pybind11_state*.so"))
+    links = check_image.ldd(extension)
+    assert links["libc.so.6"] is not None and Path(links["libc.so.6"]).name.startswith("libc")
+    assert check_image.ldd(tmp_path / "libabsent.so.1") == {"libabsent.so.1": None}
+    not_elf = tmp_path / "libtext.so"
+    not_elf.write_text("not a shared library")
+    with pytest.raises(RuntimeError, match="ldd"):
+        check_image.ldd(not_elf)
+
+
 def test_wheelhouse_covers_the_builder_and_each_image_with_one_onnxruntime() -> None:
     names = _names(wheelhouse.requirement_lines(["cpu"], ["export"]))
     assert {"setuptools", "wheel", "packaging", "torch", "onnx", "onnxruntime", "fastapi"} <= set(names)
     assert "onnxruntime-gpu" not in names and len(names) == len(set(names))
-    assert "onnxruntime-gpu" in _names(wheelhouse.requirement_lines(["gpu"], []))
+    gpu = _names(wheelhouse.requirement_lines(["gpu"], []))
+    assert "onnxruntime-gpu" in gpu and "nvidia-cublas" in gpu
 
 
 @pytest.mark.parametrize(
