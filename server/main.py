@@ -23,6 +23,7 @@ from server import __version__
 from server.engine import Engine
 from server.errors import ModelLoadError
 from server.http.app import create_app
+from server.http.protocol import guarded_protocol
 from server.logging import configure_logging
 from server.settings import Settings
 
@@ -134,6 +135,9 @@ async def serve(settings: Settings) -> int:
         lifespan="off",
         timeout_graceful_shutdown=int(settings.shutdown_grace_s),
         server_header=False,
+        # header/body deadlines and the connection cap (server/http/protocol.py); idle keep-alive here
+        http=guarded_protocol(settings),
+        timeout_keep_alive=settings.keep_alive_s,
     )
     http = _Uvicorn(config)
 

@@ -1,7 +1,8 @@
 """API key check for every gRPC method except health, reflection and KServe's liveness/readiness.
 
 The key is the REST one (``settings.api_key``), sent as metadata ``authorization: Bearer <key>`` or
-``x-api-key: <key>``, compared in constant time. The exemptions mirror REST's public paths
+``x-api-key: <key>``, compared in constant time as UTF-8 bytes. gRPC allows only printable ASCII in text
+metadata, so a key with other characters is sent as binary metadata ``x-api-key-bin`` (its UTF-8 bytes). The exemptions mirror REST's public paths
 (``/healthz``, ``/readyz``, ``/v2/health/live``, ``/v2/health/ready``): probes carry no secrets.
 """
 
@@ -35,6 +36,8 @@ def presented_keys(metadata: Iterable[tuple[str, str | bytes]] | None) -> list[b
         lowered = name.lower()
         if lowered == "x-api-key":
             keys.append(raw.strip())
+        elif lowered == "x-api-key-bin":  # binary metadata: the key's bytes as they are
+            keys.append(raw)
         elif lowered == "authorization":
             scheme, _, token = raw.strip().partition(b" ")
             if scheme.lower() == b"bearer" and token:

@@ -30,6 +30,8 @@ logger = logging.getLogger(__name__)
 
 SERVICE_NAMES = (segmentation.SERVICE_NAME, kserve.SERVICE_NAME)
 
+KEEPALIVE_TIMEOUT_MS = 20_000  # an unanswered keepalive ping closes the connection after this long
+
 _HEALTH: weakref.WeakKeyDictionary[grpc.aio.Server, ReadinessHealth] = weakref.WeakKeyDictionary()
 
 
@@ -58,6 +60,31 @@ def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
     return grpc.ssl_server_credentials([(_read(key, "key"), _read(cert, "certificate"))])
 
 
+def _ms(seconds: float) -> int:
+    return max(1, round(seconds * 1000))
+
+
+def connection_options(settings: Settings) -> list[tuple[str, int]]:
+    """Bounds on connections that hold resources without using them: a client that never completes the
+    HTTP/2 handshake, idle or very old connections (GOAWAY), too many streams on one connection, and dead
+    peers (keepalive pings). Clients' own pings are accepted every 10 s at most."""
+    options = [
+        ("grpc.server_handshake_timeout_ms", _ms(settings.http_header_timeout_s)),
+        ("grpc.max_concurrent_streams", settings.grpc_max_concurrent_streams),
+        ("grpc.keepalive_time_ms", _ms(settings.grpc_keepalive_s)),
+        ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ("grpc.http2.max_ping_strikes", 2),
+    ]
+    if settings.grpc_max_connection_idle_s is not None:
+        options.append(("grpc.max_connection_idle_ms", _ms(settings.grpc_max_connection_idle_s)))
+    if settings.grpc_max_connection_age_s is not None:
+        options.append(("grpc.max_connection_age_ms", _ms(settings.grpc_max_connection_age_s)))
+        options.append(("grpc.max_connection_age_grace_ms", _ms(settings.request_timeout_s)))
+    return options
+
+
 def create_grpc_server(settings: Settings, engine: Engine) -> tuple[grpc.aio.Server, int]:
     """The configured, bound (not yet started) server and the port it bound (useful with port 0)."""
     max_bytes = settings.grpc_max_message_bytes
@@ -66,6 +93,7 @@ def create_grpc_server(settings: Settings, engine: Engine) -> tuple[grpc.aio.Ser
         ("grpc.max_receive_message_length", max_bytes),
         # Without this, Linux lets a second server bind the same port and silently share its traffic.
         ("grpc.so_reuseport", 0),
+        *connection_options(settings),
     ]
     api_key = settings.api_key_value()
     interceptors = [ApiKeyInterceptor(api_key)] if api_key else []

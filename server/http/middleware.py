@@ -11,6 +11,7 @@ import time
 import uuid
 from typing import Any
 
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server.errors import DanetError, PayloadTooLarge, Unauthenticated
@@ -25,6 +26,7 @@ access_logger = logging.getLogger("server.http.access")
 # Reachable without the API key: liveness/readiness for orchestrators, and the static web page (it carries
 # no data; every call it makes sends the key the user types in).
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/v2/health/live", "/v2/health/ready", "/"})
+CLIENT_CLOSED = 499  # metrics and access log of a request whose client went away (nginx's number)
 MULTIPART_ALLOWANCE = 64 * 1024  # boundaries and part headers around the image
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
@@ -34,7 +36,10 @@ class ServiceMiddleware:
         self.app = app
         self.settings = settings
         self.metrics = metrics
-        self.api_key = settings.api_key_value()
+        key = settings.api_key_value()
+        # ASGI decodes header bytes as latin-1; the key is compared as the UTF-8 bytes a client sends
+        self.api_key = key.encode("utf-8") if key is not None else None
+        self.public_paths = PUBLIC_PATHS | ({"/metrics"} if settings.metrics_public else set())
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -61,7 +66,7 @@ class ServiceMiddleware:
             await send(message)
 
         try:
-            if self.api_key is not None and path not in PUBLIC_PATHS and method != "OPTIONS":
+            if self.api_key is not None and path not in self.public_paths and method != "OPTIONS":
                 self._authenticate(headers)
             limit = self.settings.max_upload_bytes
             if headers.get("content-type", "").lower().startswith("multipart/"):
@@ -75,6 +80,8 @@ class ServiceMiddleware:
         except DanetError as exc:
             if not state["started"]:
                 await danet_error_response(path, exc)(scope, receive, send_with_id)
+        except ClientDisconnect:  # the client left (or was dropped as too slow) while its body was read
+            state["status"] = CLIENT_CLOSED
         except Exception:
             logger.exception("unhandled error while serving %s %s", method, path)
             if not state["started"]:
@@ -111,7 +118,7 @@ class ServiceMiddleware:
             provided = credentials.strip() if scheme.lower() == "bearer" else None
         if provided is None:
             raise Unauthenticated("missing API key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'")
-        if not hmac.compare_digest(provided.encode("utf-8"), self.api_key.encode("utf-8")):
+        if not hmac.compare_digest(provided.encode("latin-1"), self.api_key):
             raise Unauthenticated("invalid API key")
 
 

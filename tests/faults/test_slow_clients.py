@@ -1,0 +1,221 @@
+"""Slow and idle clients against a real danet-serve process, from raw sockets: headers or a body trickled one
+byte at a time, connections that send nothing, more connections than the cap, idle gRPC connections.
+
+The server runs with short limits (seconds) so that each case ends quickly; each test checks what the
+client gets (408, 503, GOAWAY, a closed socket) and that it got it before it had finished sending, never how
+long it took. The times are printed (``-s``) for the record.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import select
+import socket
+import struct
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from bench.server_proc import ServerProcess
+from tests.conftest import server_process
+
+HEADER_TIMEOUT_S = 2.0
+BODY_TIMEOUT_S = 2.0
+BODY_MIN_RATE = 1000  # bytes/s
+MAX_CONNECTIONS = 8
+GRPC_IDLE_S = 1.0
+GRPC_STREAMS = 7
+TRICKLE_S = 0.1  # one byte per TRICKLE_S: 10 bytes/s, far below BODY_MIN_RATE
+
+
+@pytest.fixture(scope="module")
+def slow_server(tiny_onnx: Path) -> Iterator[ServerProcess]:
+    env = {
+        "DANET_HTTP_HEADER_TIMEOUT_S": str(HEADER_TIMEOUT_S),
+        "DANET_HTTP_BODY_TIMEOUT_S": str(BODY_TIMEOUT_S),
+        "DANET_HTTP_BODY_MIN_RATE": str(BODY_MIN_RATE),
+        "DANET_MAX_CONNECTIONS": str(MAX_CONNECTIONS),
+        "DANET_KEEP_ALIVE_S": "1",
+        "DANET_GRPC_MAX_CONNECTION_IDLE_S": str(GRPC_IDLE_S),
+        "DANET_GRPC_MAX_CONCURRENT_STREAMS": str(GRPC_STREAMS),
+        "DANET_LOG_LEVEL": "WARNING",
+        "DANET_ACCESS_LOG": "false",
+    }
+    with server_process([tiny_onnx], env=env) as server:
+        yield server
+        log = server.log_text()
+    assert "Traceback" not in log, log[-4000:]
+
+
+def connect(port: int) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+def read_all(sock: socket.socket) -> bytes:
+    """Everything until the server closes (the socket timeout fails the test if it never does)."""
+    chunks = []
+    with contextlib.suppress(ConnectionResetError):
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def trickle(sock: socket.socket, data: bytes) -> tuple[int, bytes]:
+    """Send ``data`` one byte per TRICKLE_S until the server answers or closes: (bytes sent, reply)."""
+    for sent, byte in enumerate(data):
+        readable, _, _ = select.select([sock], [], [], TRICKLE_S)
+        if readable:
+            return sent, read_all(sock)
+        try:
+            sock.sendall(bytes([byte]))
+        except (BrokenPipeError, ConnectionResetError):
+            return sent, b""
+    return len(data), b""
+
+
+def test_headers_sent_one_byte_at_a_time_are_dropped(slow_server: ServerProcess) -> None:
+    head = b"GET /v1/models HTTP/1.1\r\nHost: x\r\n" + b"X-Slow: " + b"a" * 400 + b"\r\n\r\n"
+    with connect(slow_server.http_port) as sock:
+        started = time.monotonic()
+        sent, reply = trickle(sock, head)
+        elapsed = time.monotonic() - started
+    print(f"\nslow headers: dropped after {elapsed:.2f} s, {sent} of {len(head)} bytes sent")
+    assert sent < len(head), "the server waited for the whole trickled head"
+    assert reply.startswith(b"HTTP/1.1 408 "), reply[:200]
+    assert b"http_header_timeout_s" in reply
+
+
+def test_a_connection_that_sends_nothing_is_dropped(slow_server: ServerProcess) -> None:
+    with connect(slow_server.http_port) as sock:
+        started = time.monotonic()
+        reply = read_all(sock)
+    print(f"\nsilent connection: closed after {time.monotonic() - started:.2f} s")
+    assert reply.startswith(b"HTTP/1.1 408 ")
+
+
+def test_a_trickled_body_is_dropped(slow_server: ServerProcess) -> None:
+    body = b"\x89PNG" + b"\0" * 2000
+    head = (
+        f"POST /segment HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    with connect(slow_server.http_port) as sock:
+        sock.sendall(head.encode())
+        started = time.monotonic()
+        sent, reply = trickle(sock, body)
+        elapsed = time.monotonic() - started
+    print(f"\nslow body: dropped after {elapsed:.2f} s, {sent} of {len(body)} bytes sent")
+    assert sent < len(body)
+    assert reply.startswith(b"HTTP/1.1 408 "), reply[:200]
+    assert b"request body too slow" in reply
+
+
+def test_a_slow_second_request_on_a_kept_alive_connection_is_dropped(slow_server: ServerProcess) -> None:
+    request = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+    with connect(slow_server.http_port) as sock:
+        sock.sendall(request)
+        first = sock.recv(65536)
+        assert first.startswith(b"HTTP/1.1 200 ")
+        sent, reply = trickle(sock, request[:-2] + b"X-Slow: " + b"a" * 400 + b"\r\n\r\n")
+    assert sent < len(request) + 400
+    # 408 from the header deadline, or closed by the (shorter) keep-alive timeout before the first byte
+    assert reply == b"" or reply.startswith(b"HTTP/1.1 408 "), reply[:200]
+
+
+def test_an_idle_keep_alive_connection_is_closed(slow_server: ServerProcess) -> None:
+    with connect(slow_server.http_port) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200 ")
+        assert read_all(sock) == b""  # closed without a word after keep_alive_s
+
+
+def test_ordinary_requests_are_untouched(slow_server: ServerProcess) -> None:
+    """A body sent in pieces, each well within the deadline the bytes buy, is served."""
+    with httpx.Client(base_url=slow_server.http_url, timeout=30) as client:
+
+        def pieces() -> Iterator[bytes]:
+            for _ in range(3):
+                yield b"x" * 4000
+                time.sleep(0.5)
+
+        reply = client.post("/segment", content=pieces(), headers={"Content-Type": "image/png"})
+    assert reply.status_code == 400 and reply.json()["error"]["code"] == "invalid_image"
+
+
+def test_one_connection_over_the_cap_is_refused_and_readyz_stays_up(slow_server: ServerProcess) -> None:
+    with httpx.Client(base_url=slow_server.http_url, timeout=10) as client:
+        # below the cap: slow connections do not delay anyone else
+        slow = [connect(slow_server.http_port) for _ in range(MAX_CONNECTIONS - 2)]
+        for sock in slow:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\n")
+        started = time.monotonic()
+        assert client.get("/readyz").status_code == 200  # its own (the cap-1-th) connection
+        print(
+            f"\n/readyz with {len(slow)} slow connections open: {1000 * (time.monotonic() - started):.1f} ms"
+        )
+        # at the cap: one more connection gets 503 and is closed
+        slow.append(connect(slow_server.http_port))
+        with connect(slow_server.http_port) as extra:
+            reply = read_all(extra)
+        assert reply.startswith(b"HTTP/1.1 503 "), reply[:200]
+        assert b"max_connections" in reply and b"retry-after: 1" in reply.lower()
+        # the slow ones are dropped by their header deadline; then there is room again
+        for sock in slow:
+            assert read_all(sock).startswith(b"HTTP/1.1 408 ")
+            sock.close()
+        client.close()
+    with httpx.Client(base_url=slow_server.http_url, timeout=10) as fresh:
+        assert fresh.get("/readyz").status_code == 200
+
+
+# --- gRPC ------------------------------------------------------------------------------------------
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+SETTINGS, GOAWAY = 0x4, 0x7
+MAX_CONCURRENT_STREAMS = 0x3
+
+
+def frames(sock: socket.socket) -> Iterator[tuple[int, int, bytes]]:
+    """(type, flags, payload) of each HTTP/2 frame until the server closes."""
+    buffer = b""
+    while True:
+        while len(buffer) >= 9:
+            length = int.from_bytes(buffer[:3], "big")
+            if len(buffer) < 9 + length:
+                break
+            kind, flags = buffer[3], buffer[4]
+            yield kind, flags, buffer[9 : 9 + length]
+            buffer = buffer[9 + length :]
+        try:
+            chunk = sock.recv(65536)
+        except ConnectionResetError:
+            return
+        if not chunk:
+            return
+        buffer += chunk
+
+
+def test_grpc_connection_without_a_handshake_is_dropped(slow_server: ServerProcess) -> None:
+    with connect(slow_server.grpc_port) as sock:
+        sock.sendall(PREFACE[:5])  # half a preface, then nothing
+        started = time.monotonic()
+        read_all(sock)
+    print(f"\ngRPC half handshake: closed after {time.monotonic() - started:.2f} s")
+
+
+def test_grpc_idle_connection_gets_goaway_and_streams_are_capped(slow_server: ServerProcess) -> None:
+    with connect(slow_server.grpc_port) as sock:
+        sock.sendall(PREFACE + struct.pack(">I", 0)[1:] + bytes([SETTINGS, 0]) + struct.pack(">I", 0))
+        started = time.monotonic()
+        seen = list(frames(sock))
+    print(f"\ngRPC idle connection: closed after {time.monotonic() - started:.2f} s")
+    settings = b"".join(payload for kind, flags, payload in seen if kind == SETTINGS and not flags & 1)
+    values = {
+        struct.unpack(">H", settings[i : i + 2])[0]: struct.unpack(">I", settings[i + 2 : i + 6])[0]
+        for i in range(0, len(settings), 6)
+    }
+    assert values.get(MAX_CONCURRENT_STREAMS) == GRPC_STREAMS
+    assert any(kind == GOAWAY for kind, _, _ in seen), seen
