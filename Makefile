@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PY := $(BIN)/python
 
-.PHONY: run test lint typecheck static pytest load protos train export-default bench peers clean
+.PHONY: run test tools samples lint typecheck static pytest load protos train export-default bench peers clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,19 @@ $(VENV)/.runtime: pyproject.toml | $(BIN)/activate
 $(VENV)/.dev: pyproject.toml | $(BIN)/activate
 	$(BIN)/pip install --quiet -e '.[export,dev,ray]'
 	touch $@ $(VENV)/.runtime
+
+# The export, training and Triton-client tools on top of the runtime: torch's CPU build (a 192 MB wheel,
+# ~750 MB installed) from PyTorch's CPU index, so pip never pulls the CUDA build and its NVIDIA wheels.
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+tools: $(VENV)/.tools
+$(VENV)/.tools: pyproject.toml | $(VENV)/.runtime
+	$(BIN)/pip install --quiet --index-url $(TORCH_INDEX) torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[export,client]'
+	touch $@
+
+# The sample pictures under samples/ and their expected maps (committed; this re-creates them).
+samples: $(VENV)/.runtime
+	$(PY) -m samples.generate
 
 run: $(VENV)/.runtime
 	$(BIN)/danet-serve $(ARGS)
