@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import copy
+import json
+import os
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -65,9 +68,9 @@ def test_gpu_profile_reserves_an_nvidia_gpu(compose_all: dict[str, Any]) -> None
 def test_server_service(name: str, compose_all: dict[str, Any], probe_client) -> None:
     service = compose_all["services"][name]
     assert service["restart"] in ("unless-stopped", "always")
-    assert {(p["target"], p["published"]) for p in service["ports"]} == {
-        (DEFAULT_HTTP_PORT, str(DEFAULT_HTTP_PORT)),
-        (DEFAULT_GRPC_PORT, str(DEFAULT_GRPC_PORT)),
+    assert {(p["target"], p["published"], p.get("host_ip")) for p in service["ports"]} == {
+        (DEFAULT_HTTP_PORT, str(DEFAULT_HTTP_PORT), "127.0.0.1"),  # this machine only, unless told
+        (DEFAULT_GRPC_PORT, str(DEFAULT_GRPC_PORT), "127.0.0.1"),
     }
 
     check = service["healthcheck"]
@@ -86,6 +89,35 @@ def test_server_service(name: str, compose_all: dict[str, Any], probe_client) ->
 
 
 @pytest.mark.parametrize("name", SERVERS)
+def test_server_is_confined(name: str, compose_all: dict[str, Any]) -> None:
+    service = compose_all["services"][name]
+    assert service["cap_drop"] == ["ALL"]
+    assert "no-new-privileges:true" in service["security_opt"]
+    assert service["read_only"] is True
+    assert 0 < int(service["mem_limit"]) <= 64 * 2**30 and 0 < service["pids_limit"] <= 4096
+
+
+def test_publishing_wider_is_one_variable(compose_all: dict[str, Any]) -> None:
+    binary = sc.compose_binary()
+    assert binary is not None
+    done = subprocess.run(
+        [str(binary), "--file", str(sc.COMPOSE_FILE), "config", "--format", "json"],
+        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "DANET_PUBLISH_HTTP": "0.0.0.0:8000"},
+        cwd=sc.COMPOSE_FILE.parent,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    wide = json.loads(done.stdout)
+    ports = {p["target"]: p for p in wide["services"]["danet"]["ports"]}
+    assert (
+        ports[DEFAULT_HTTP_PORT]["host_ip"] == "0.0.0.0" and ports[DEFAULT_HTTP_PORT]["published"] == "8000"
+    )
+    assert ports[DEFAULT_GRPC_PORT]["host_ip"] == "127.0.0.1"
+
+
+@pytest.mark.parametrize("name", SERVERS)
 def test_server_environment_is_valid_settings(
     name: str, compose_all: dict[str, Any], setting_env_names: set[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -97,6 +129,7 @@ def test_server_environment_is_valid_settings(
         monkeypatch.setenv(key, value)
     settings = Settings()  # every default the compose file passes must parse
     assert settings.models == [] and settings.api_key is None  # empty = embedded model, no auth
+    assert settings.require_api_key is False  # on 127.0.0.1 by default; DANET_REQUIRE_API_KEY=true to insist
 
 
 def test_export_service(compose_all: dict[str, Any], console_scripts: dict[str, str]) -> None:
