@@ -19,6 +19,8 @@ from dataclasses import replace
 from pathlib import Path
 
 EXIT_VERIFICATION = 1
+#: What the export extra installs (``make tools``); the runtime-only environment of ``make run`` lacks them.
+EXPORT_MODULES = frozenset({"torch", "onnx", "onnxscript", "safetensors"})
 EXIT_INPUT = 2
 #: The official DANet evaluation of its released Cityscapes model (base size 2048, crop 768).
 OFFICIAL_CITYSCAPES_EVAL = (2048, 768)
@@ -270,6 +272,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return _fail("interrupted", 130)
     except Exception as exc:  # noqa: BLE001 - the CLI's last line of defence: one line, no traceback
+        if isinstance(exc, ModuleNotFoundError) and exc.name in EXPORT_MODULES:
+            return _fail(
+                f"danet-export needs the export tools ({exc.name} is not installed): run `make tools`, "
+                "then call .venv/bin/danet-export (or activate .venv first)",
+                EXIT_INPUT,
+            )
         if args.debug:
             raise
         return _fail(f"unexpected {type(exc).__name__}: {exc} (re-run with --debug for the traceback)", 1)

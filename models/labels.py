@@ -136,7 +136,8 @@ def _from_mapping(name: str, data: Any, source: Path) -> LabelSet:
 def load_label_set(name_or_path: str | Path) -> LabelSet:
     """A built-in set by name, or a set read from a JSON or text file.
 
-    JSON: ``{"classes": [...], "palette": [[r, g, b], ...]}`` (``palette`` and ``name`` optional).
+    JSON: ``{"classes": [...], "palette": [[r, g, b], ...]}`` (``palette`` and ``name`` optional), or a
+    plain list of class names.
     Text: one class name per line (blank lines and lines starting with ``#`` ignored). The set's
     name defaults to the file's stem. Raises ``ValueError`` with the file name on bad content.
     """
@@ -149,11 +150,13 @@ def load_label_set(name_or_path: str | Path) -> LabelSet:
             f"({', '.join(available_label_sets())})"
         )
     text = path.read_text(encoding="utf-8")
-    if path.suffix.lower() == ".json" or text.lstrip().startswith("{"):
+    if path.suffix.lower() == ".json" or text.lstrip().startswith(("{", "[")):
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise ValueError(f"{path}: invalid JSON ({exc})") from None
+        if isinstance(data, list):  # a plain list of class names
+            data = {"classes": data}
         return _from_mapping(path.stem, data, path)
     classes = [line.strip() for line in text.splitlines()]
     classes = [c for c in classes if c and not c.startswith("#")]

@@ -35,9 +35,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+
+try:
+    import torch
+    import torch.nn.functional as F
+    from torch import Tensor, nn
+except ModuleNotFoundError as _missing:  # the danet-train command in the runtime-only environment
+    if _missing.name != "torch" or Path(sys.argv[0]).name != "danet-train":
+        raise
+    raise SystemExit(
+        "danet-train needs PyTorch, which `make run` does not install: run `make tools`, "
+        "then call .venv/bin/danet-train (or activate .venv first)"
+    ) from None
 from tqdm import tqdm
 
 from common.contract import DEFAULT_MODEL_NAME
@@ -45,6 +54,7 @@ from models import synthetic
 from models.config import DANetConfig
 from models.danet import DANet, build_danet
 from models.data import IGNORE_INDEX, BatchSource, DatasetError, FolderSource, SceneSource, scene_batch
+from models.labels import available_label_sets
 
 logger = logging.getLogger(__name__)
 
@@ -276,6 +286,24 @@ def load_state(path: Path, options: TrainOptions) -> dict[str, Any]:
 # --- the loop ----------------------------------------------------------------------------------------------
 
 
+def plan_summary(options: TrainOptions, config: DANetConfig, source: BatchSource, parameters: int) -> str:
+    """One paragraph on what this run will do, before it spends minutes doing it."""
+    images = options.steps_per_epoch * options.batch_size
+    height, width = options.size
+    if isinstance(source, FolderSource):
+        passes = options.epochs * images / max(len(source), 1)
+        data = f"{options.data} ({len(source)} image/label pairs, each seen ~{passes:.0f} times, randomly cropped)"
+    else:
+        data = "fresh procedural street scenes (models/synthetic.py)"
+    return (
+        f"training {config.name}: DANet-R{config.depth}, {parameters / 1e6:.2f} M parameters, "
+        f"{config.num_classes} classes ({', '.join(config.classes[:8])}{', ...' if config.num_classes > 8 else ''}); "
+        f"{options.epochs} epochs x {images} images at {height}x{width} (batch {options.batch_size}, "
+        f"{options.steps_per_epoch * options.epochs} steps, {options.threads} threads) from {data}; "
+        f"writes {options.weights_path} and {options.report_path.name}"
+    )
+
+
 def train(options: TrainOptions) -> dict[str, Any]:
     """Run (or resume) training, write the weights and the report; returns the report."""
     torch.set_num_threads(options.threads)
@@ -285,6 +313,7 @@ def train(options: TrainOptions) -> dict[str, Any]:
 
     torch.manual_seed(options.seed)
     model = build_danet(config)
+    logger.info("%s", plan_summary(options, config, source, sum(p.numel() for p in model.parameters())))
     optimizer = torch.optim.AdamW(model.parameters(), lr=options.lr, weight_decay=options.weight_decay)
     history: list[dict[str, Any]] = []
     start_epoch, elapsed = 0, 0.0
@@ -371,6 +400,7 @@ def _finish(
     from models.checkpoints.native import save_native
 
     save_native(model, config, options.weights_path)
+    options.weights_path.chmod(0o644)  # safetensors creates its files 0600; weights are meant to be shared
     started = time.perf_counter()
     if options.data is None:
         evaluation = evaluate_scenes(
@@ -438,11 +468,22 @@ def parse_args(argv: Sequence[str] | None = None) -> TrainOptions:
         description="Train a DANet on CPU: on procedural scenes (the embedded default model) or on a folder "
         "of images/ + labels/ PNGs (--data).",
     )
-    p.add_argument("--output", type=Path, default=defaults.output, help="folder for weights, report, state")
+    p.add_argument(
+        "--output",
+        type=Path,
+        default=defaults.output,
+        help=f"folder for weights, report, state ({defaults.output})",
+    )
     p.add_argument("--name", help=f"model name (default {DEFAULT_MODEL_NAME}, or the --data folder's name)")
     p.add_argument("--data", type=Path, help="folder with images/ and labels/ (ids per pixel, 255 = ignore)")
     p.add_argument("--val-data", type=Path, help="held-out folder (same layout) for the final report")
-    p.add_argument("--classes", help="label-set name or JSON/text file (required with --data)")
+    p.add_argument(
+        "--classes",
+        metavar="NAME|FILE",
+        help=f"required with --data: a built-in label set ({', '.join(available_label_sets())}) "
+        'or a file: a JSON list of names (["sky", "road"]), JSON {"classes": [...], "palette": [[r, g, b], ...]}, '
+        "or a text file with one name per line; label PNG value i is class i",
+    )
     p.add_argument("--size", type=_size, default=defaults.size, help="training size, SIZE or HxW (160)")
     p.add_argument("--epochs", type=int, default=defaults.epochs)
     p.add_argument("--epoch-size", type=int, default=defaults.epoch_size, help="images per epoch")
