@@ -138,7 +138,12 @@ def _open(data: bytes) -> Image.Image:
                 raise UnsupportedMediaType(
                     f"{detected} images are not supported; send one of: {', '.join(SUPPORTED_FORMATS)}"
                 ) from exc
-            raise InvalidImage(f"cannot identify an image in the request body: {exc}") from exc
+            # Pillow's own text names the in-memory buffer ("<_io.BytesIO object at 0x...>"): useless to a client
+            reason = "" if isinstance(exc, UnidentifiedImageError) else f": {exc}"
+            raise InvalidImage(
+                f"cannot identify an image in the request body ({len(data)} bytes; send one of: "
+                f"{', '.join(SUPPORTED_FORMATS)}){reason}"
+            ) from exc
 
 
 def _identify_any(data: bytes) -> str | None:
