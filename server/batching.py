@@ -21,7 +21,33 @@ from server.errors import NotReady, Overloaded
 
 logger = logging.getLogger(__name__)
 
-RunFn = Callable[[np.ndarray, tuple[str, ...]], dict[str, np.ndarray]]
+RunFn = Callable[[np.ndarray, tuple[str, ...], "CancelToken"], dict[str, np.ndarray]]
+
+
+class CancelToken:
+    """Set when every caller of a running batch has gone; the run function stops its work on it
+    (onnxruntime: ``RunOptions.terminate``). Callbacks run on the thread that cancels."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._callbacks: list[Callable[[], None]] = []
+        self.cancelled = False
+
+    def on_cancel(self, callback: Callable[[], None]) -> None:
+        with self._lock:
+            if not self.cancelled:
+                self._callbacks.append(callback)
+                return
+        callback()
+
+    def cancel(self) -> None:
+        with self._lock:
+            if self.cancelled:
+                return
+            self.cancelled = True
+            callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            callback()
 
 
 @dataclass
@@ -30,6 +56,9 @@ class _Request:
     outputs: tuple[str, ...]
     future: Future[dict[str, np.ndarray]]
     enqueued: float = field(default_factory=time.monotonic)
+    abandoned: bool = False
+    token: CancelToken | None = None  # the running batch's, once it runs
+    batch: list[_Request] | None = None
 
     @property
     def key(self) -> tuple[object, ...]:
@@ -64,6 +93,7 @@ class Batcher:
         workers: int = 1,
         max_batch: int = 1,
         max_delay_s: float = 0.0,
+        preferred_batch_sizes: Sequence[int] = (),
         max_queue: int = 64,
         retry_after_s: float = 1.0,
         on_batch: Callable[[BatchStats], None] | None = None,
@@ -72,6 +102,7 @@ class Batcher:
         self.name = name
         self.max_batch = max(1, max_batch)
         self.max_delay_s = max(0.0, max_delay_s)
+        self.preferred = frozenset(int(p) for p in preferred_batch_sizes)  # sent without waiting further
         self.max_queue = max_queue
         self.retry_after_s = retry_after_s
         self._on_batch = on_batch
@@ -79,6 +110,8 @@ class Batcher:
         self._cond = threading.Condition()
         self._closing = False
         self._busy = 0
+        self._running: dict[int, _Request] = {}  # id(future) -> request, while its batch runs
+        self.abandoned = 0  # requests whose callers went away (left the queue or were stopped)
         self._threads = [
             threading.Thread(target=self._worker, name=f"infer-{name}-{i}", daemon=True)
             for i in range(workers)
@@ -124,6 +157,28 @@ class Batcher:
             self._cond.notify()
         return future
 
+    def abandon(self, future: Future[dict[str, np.ndarray]]) -> None:
+        """The caller of ``future`` has gone (deadline, disconnect, cancelled call): a queued request leaves
+        the queue; a running one is marked, and its run is stopped once no caller of its batch is left."""
+        token: CancelToken | None = None
+        with self._cond:
+            for queued in self._queue:
+                if queued.future is future:
+                    self._queue.remove(queued)
+                    future.cancel()
+                    self.abandoned += 1
+                    return
+            running = self._running.get(id(future))
+            if running is None or running.abandoned:
+                return
+            running.abandoned = True
+            self.abandoned += 1
+            if running.batch is not None and all(r.abandoned for r in running.batch):
+                token = running.token
+        if token is not None:
+            logger.info("stopping a run of %s: every caller has gone", self.name)
+            token.cancel()
+
     def close(self, timeout: float | None = None) -> None:
         """Stop accepting; let the workers finish what is queued, then stop them."""
         with self._cond:
@@ -148,7 +203,7 @@ class Batcher:
                 while True:
                     total = self._take_compatible(batch, total)
                     remaining = deadline - time.monotonic()
-                    if total >= self.max_batch or remaining <= 0 or self._closing:
+                    if total >= self.max_batch or total in self.preferred or remaining <= 0 or self._closing:
                         break
                     self._cond.wait(remaining)
             self._busy += len(batch)
@@ -182,10 +237,24 @@ class Batcher:
         live = [r for r in batch if r.future.set_running_or_notify_cancel()]
         if not live:
             return
+        token = CancelToken()
+        with self._cond:
+            for request in live:
+                request.token, request.batch = token, live
+                self._running[id(request.future)] = request
+        try:
+            self._run_live(live, token)
+        finally:
+            with self._cond:
+                for request in live:
+                    self._running.pop(id(request.future), None)
+                    request.batch = None
+
+    def _run_live(self, live: list[_Request], token: CancelToken) -> None:
         started = time.monotonic()
         images = live[0].images if len(live) == 1 else np.concatenate([r.images for r in live], axis=0)
         try:
-            results = self._run_fn(images, live[0].outputs)
+            results = self._run_fn(images, live[0].outputs, token)
         except BaseException as exc:  # delivered to every waiting caller, never kills the worker
             for request in live:
                 request.future.set_exception(exc)

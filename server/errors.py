@@ -85,3 +85,9 @@ class ModelLoadError(DanetError):
     """A model file is missing, unreadable or does not follow the contract (start-up failure)."""
 
     code = "model_load_error"
+
+
+class Cancelled(DanetError):
+    """The caller went away (closed its connection, cancelled its call) and its work was stopped."""
+
+    code = "cancelled"

@@ -24,21 +24,23 @@ import dataclasses
 import logging
 import threading
 from collections.abc import Collection, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from server.batching import Batcher
+from server.batching import BatchStats
 from server.errors import InvalidOption, ModelLoadError, ModelNotFound, NotReady
+from server.instance import ModelInstance
 from server.model import ModelInfo, describe_session, resolve_model_paths
 from server.names import check_model_name, check_version, name_problem, printable
-from server.providers import SessionHandle, create_session
+from server.providers import create_session
 from server.settings import Settings
 from server.versions import (
     Fingerprint,
     ModelDir,
     VersionFiles,
     parse_policy,
+    read_batching,
     read_model_dir,
     scan_repository,
 )
@@ -49,37 +51,6 @@ READY, LOADING, UNLOADING, UNAVAILABLE = "READY", "LOADING", "UNLOADING", "UNAVA
 UNLOADED = "unloaded"
 
 
-@dataclass(eq=False)
-class LoadedVersion:
-    """A servable version: its session, its batcher (owned by the engine) and who is using it."""
-
-    info: ModelInfo
-    handle: SessionHandle
-    batcher: Batcher
-    use_io_binding: bool
-    fingerprint: Fingerprint = ()
-    _active: int = 0
-    _idle: threading.Condition = field(default_factory=threading.Condition)
-
-    def enter(self) -> None:
-        with self._idle:
-            self._active += 1
-
-    def leave(self) -> None:
-        with self._idle:
-            self._active -= 1
-            if self._active == 0:
-                self._idle.notify_all()
-
-    def wait_idle(self, timeout: float) -> bool:
-        """Block until no request holds this version (True) or ``timeout`` passes (False)."""
-        with self._idle:
-            return self._idle.wait_for(lambda: self._active == 0, timeout)
-
-    def close(self, timeout: float) -> None:
-        self.batcher.close(timeout=timeout)
-
-
 @dataclass
 class VersionStatus:
     state: str
@@ -88,17 +59,19 @@ class VersionStatus:
 
 
 class Runtime(Protocol):
-    """What the repository needs from the engine: wrap a session for execution, warm it up, and hear which
-    versions serve after each switch (metrics)."""
+    """What the repository needs from the engine: warm a new instance up before it serves, and hear about
+    instances (metrics): created, batches run, which versions serve after each switch."""
 
-    def attach(self, info: ModelInfo, handle: SessionHandle) -> LoadedVersion: ...
+    def added(self, instance: ModelInstance) -> None: ...
 
-    async def warm(self, entry: LoadedVersion) -> None: ...
+    def batch_done(self, info: ModelInfo, stats: BatchStats) -> None: ...
+
+    async def warm(self, instance: ModelInstance) -> None: ...
 
     def serving(self, name: str, versions: list[str], retired: list[str]) -> None: ...
 
 
-def _by_version(entries: dict[str, LoadedVersion]) -> dict[str, LoadedVersion]:
+def _by_version(entries: dict[str, ModelInstance]) -> dict[str, ModelInstance]:
     return dict(sorted(entries.items(), key=lambda item: int(item[0]) if item[0].isdigit() else 0))
 
 
@@ -109,7 +82,7 @@ class ModelRepository:
         self._root: Path | None = settings.model_repository
         self._policy = parse_policy(settings.version_policy)
         self._lock = threading.Lock()  # guards _served: lookups (any thread) against swaps
-        self._served: dict[str, dict[str, LoadedVersion]] = {}  # name -> version -> entry, oldest first
+        self._served: dict[str, dict[str, ModelInstance]] = {}  # name -> version -> entry, oldest first
         self._status: dict[str, dict[str, VersionStatus]] = {}
         self._changes: asyncio.Lock | None = None
         self._poller: asyncio.Task[None] | None = None
@@ -133,12 +106,12 @@ class ModelRepository:
     def _default_key(self) -> str | None:
         return self._settings.default_model or next(iter(self._served), None)
 
-    def current(self, name: str | None, version: str | None = None) -> LoadedVersion:
+    def current(self, name: str | None, version: str | None = None) -> ModelInstance:
         """The entry serving (name, version); no version = the newest ready one."""
         with self._lock:
             return self._pick(name, version)
 
-    def _pick(self, name: str | None, version: str | None) -> LoadedVersion:
+    def _pick(self, name: str | None, version: str | None) -> ModelInstance:
         if name:
             check_model_name(name)
         if version:
@@ -159,7 +132,7 @@ class ModelRepository:
         return entry
 
     @contextlib.contextmanager
-    def lease(self, name: str | None, version: str | None = None) -> Iterator[LoadedVersion]:
+    def lease(self, name: str | None, version: str | None = None) -> Iterator[ModelInstance]:
         """Hold (name, version) for one request: a replaced version is released only after its leases end."""
         with self._lock:
             entry = self._pick(name, version)
@@ -169,7 +142,7 @@ class ModelRepository:
         finally:
             entry.leave()
 
-    def snapshot(self) -> dict[str, list[LoadedVersion]]:
+    def snapshot(self) -> dict[str, list[ModelInstance]]:
         """Every model's serving versions (oldest first), read at one instant."""
         with self._lock:
             return {name: list(versions.values()) for name, versions in self._served.items()}
@@ -178,7 +151,7 @@ class ModelRepository:
         with self._lock:
             return [e.info for e in self._served.get(name, {}).values()]
 
-    def entries(self) -> list[LoadedVersion]:
+    def entries(self) -> list[ModelInstance]:
         with self._lock:
             return [e for versions in self._served.values() for e in versions.values()]
 
@@ -254,7 +227,7 @@ class ModelRepository:
             self.initialised = True
 
     def _load_files(self) -> None:
-        loaded: dict[str, LoadedVersion] = {}
+        loaded: dict[str, ModelInstance] = {}
         try:
             for path in resolve_model_paths(list(self._settings.models)):
                 entry = self._build(path, None, "1", ())
@@ -310,8 +283,8 @@ class ModelRepository:
                     + ("; ".join(errors) or "no version directory with a model.onnx under its version policy")
                 )
 
-    def _build(self, path: Path, name: str | None, version: str, fingerprint: Fingerprint) -> LoadedVersion:
-        """Blocking: session + contract check + the engine's batcher. Raises ModelLoadError."""
+    def _build(self, path: Path, name: str | None, version: str, fingerprint: Fingerprint) -> ModelInstance:
+        """Blocking: session + contract check + its instance (batcher included). Raises ModelLoadError."""
         if not path.is_file():
             raise ModelLoadError(f"{path} does not exist")
         try:
@@ -322,11 +295,19 @@ class ModelRepository:
             raise ModelLoadError(f"cannot load {path}: {exc}") from exc
         info = describe_session(handle.session, path, handle.provider, fallback=handle.fallback)
         info = dataclasses.replace(info, name=name or info.name, version=version)
-        entry = self._runtime.attach(info, handle)
-        entry.fingerprint = fingerprint
-        return entry
+        config = read_batching(path.parent.parent) if self._root is not None else None
+        instance = ModelInstance.create(
+            info,
+            handle,
+            self._settings,
+            config=config,
+            fingerprint=fingerprint,
+            on_batch=self._runtime.batch_done,
+        )
+        self._runtime.added(instance)
+        return instance
 
-    async def _build_version(self, name: str, files: VersionFiles, *, warm: bool) -> LoadedVersion:
+    async def _build_version(self, name: str, files: VersionFiles, *, warm: bool) -> ModelInstance:
         entry = await asyncio.to_thread(self._build, files.model, name, files.version, files.fingerprint)
         if warm:
             try:
@@ -350,7 +331,7 @@ class ModelRepository:
             return [found.error]
         status.pop("0", None)
         wanted = found.wanted() if found is not None else []
-        fresh: dict[str, LoadedVersion] = {}
+        fresh: dict[str, ModelInstance] = {}
         errors: list[str] = []
         for version in wanted:
             assert found is not None
@@ -407,7 +388,7 @@ class ModelRepository:
         return errors
 
     async def _retire(
-        self, name: str, entries: list[LoadedVersion], served: dict[str, LoadedVersion]
+        self, name: str, entries: list[ModelInstance], served: dict[str, ModelInstance]
     ) -> None:
         """Out of reach already: wait for the requests holding them, then release their sessions."""
         status = self._status.setdefault(name, {})

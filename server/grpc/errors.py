@@ -16,6 +16,7 @@ from typing import Any
 import grpc
 
 from server.errors import (
+    Cancelled,
     DanetError,
     DeadlineExceeded,
     InvalidImage,
@@ -46,6 +47,7 @@ _STATUS_BY_ERROR: tuple[tuple[type[DanetError], grpc.StatusCode], ...] = (
     (ModelLoadError, grpc.StatusCode.UNAVAILABLE),
     (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
     (DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
+    (Cancelled, grpc.StatusCode.CANCELLED),
 )
 
 

@@ -6,79 +6,36 @@ what ``tritonclient.grpc`` sends and reads; typed ``contents`` are accepted for 
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import math
-from importlib import metadata as importlib_metadata
 from typing import Any
 
 import grpc
 import numpy as np
+from google.protobuf import json_format
 
-from common.contract import INPUT_IMAGE
 from protos.gen.inference import grpc_service_pb2 as pb
 from protos.gen.inference import grpc_service_pb2_grpc as pb_grpc
 from protos.gen.inference import model_config_pb2 as config_pb
 from server.engine import Engine, ModelInfo
-from server.errors import InvalidOption, ModelNotFound, NotReady
+from server.errors import InvalidOption, ModelNotFound
 from server.grpc.deadlines import within_deadline
 from server.grpc.errors import status_for, translate_errors, translate_stream_errors
 from server.grpc.streaming import ordered_replies
+from server.kserve import codec
+from server.segmentation.pipeline import limits_of
 from server.settings import Settings
 
 logger = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
-SERVER_NAME = "danet-serve"
-PLATFORM = "onnxruntime_onnx"
-EXTENSIONS = ("model_configuration", "model_repository")
-
-# numpy dtype <-> KServe v2 datatype string
-_DATATYPES = {
-    np.dtype(np.bool_): "BOOL",
-    np.dtype(np.uint8): "UINT8",
-    np.dtype(np.uint16): "UINT16",
-    np.dtype(np.uint32): "UINT32",
-    np.dtype(np.uint64): "UINT64",
-    np.dtype(np.int8): "INT8",
-    np.dtype(np.int16): "INT16",
-    np.dtype(np.int32): "INT32",
-    np.dtype(np.int64): "INT64",
-    np.dtype(np.float16): "FP16",
-    np.dtype(np.float32): "FP32",
-    np.dtype(np.float64): "FP64",
-}
-
-
-def _server_version() -> str:
-    try:
-        return importlib_metadata.version("danet-serve")
-    except importlib_metadata.PackageNotFoundError:
-        return "0.0.0"
-
-
-def datatype_of(array: np.ndarray) -> str:
-    try:
-        return _DATATYPES[np.dtype(array.dtype).newbyteorder("=")]
-    except KeyError:
-        raise InvalidOption(f"cannot return tensors of dtype {array.dtype}") from None
-
-
-def raw_bytes(array: np.ndarray) -> bytes:
-    """Little-endian row-major bytes, as the protocol requires for raw contents."""
-    return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
-
-
-def _config_type(datatype: str) -> str:
-    """KServe datatype string -> model-config enum name ("UINT8" -> "TYPE_UINT8")."""
-    name = f"TYPE_{datatype}"
-    return name if name in config_pb.DataType.keys() else "TYPE_INVALID"  # noqa: SIM118 (enum wrapper)
 
 
 class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
     def __init__(self, settings: Settings, engine: Engine, *, stream_window: int | None = None) -> None:
         self._settings = settings
         self._engine = engine
-        self._version = _server_version()
+        self._limits = limits_of(settings)
         self._window = stream_window or max(2, min(int(settings.max_batch_size), 16))
 
     # --- health and metadata ----------------------------------------------------------------------
@@ -104,7 +61,9 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ServerMetadata(
         self, request: pb.ServerMetadataRequest, context: Any
     ) -> pb.ServerMetadataResponse:
-        return pb.ServerMetadataResponse(name=SERVER_NAME, version=self._version, extensions=list(EXTENSIONS))
+        return pb.ServerMetadataResponse(
+            name=codec.SERVER_NAME, version=codec.SERVER_VERSION, extensions=list(codec.EXTENSIONS)
+        )
 
     @translate_errors
     async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: Any) -> pb.ModelMetadataResponse:
@@ -113,38 +72,17 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
         return pb.ModelMetadataResponse(
             name=info.name,
             versions=[v.version for v in self._engine.versions(info.name)],
-            platform=PLATFORM,
+            platform=codec.PLATFORM,
             inputs=[tensor(name=t.name, datatype=t.datatype, shape=list(t.shape)) for t in info.inputs],
             outputs=[tensor(name=t.name, datatype=t.datatype, shape=list(t.shape)) for t in info.outputs],
         )
 
     @translate_errors
     async def ModelConfig(self, request: pb.ModelConfigRequest, context: Any) -> pb.ModelConfigResponse:
-        info = self._model(request.name, request.version)
-        max_batch = int(self._settings.max_batch_size)
-        config = config_pb.ModelConfig(
-            name=info.name,
-            platform=PLATFORM,
-            backend="onnxruntime",
-            max_batch_size=max_batch,
-            input=[
-                config_pb.ModelInput(
-                    name=t.name,
-                    data_type=_config_type(t.datatype),
-                    format=config_pb.ModelInput.FORMAT_NHWC
-                    if t.name == INPUT_IMAGE
-                    else config_pb.ModelInput.FORMAT_NONE,
-                    dims=list(t.shape[1:]),
-                )
-                for t in info.inputs
-            ],
-            output=[
-                config_pb.ModelOutput(name=t.name, data_type=_config_type(t.datatype), dims=list(t.shape[1:]))
-                for t in info.outputs
-            ],
+        instance = self._engine.instance(self._name(request.name), request.version or None)
+        config = json_format.ParseDict(
+            codec.model_config(instance), config_pb.ModelConfig(), ignore_unknown_fields=True
         )
-        if max_batch > 1 and self._settings.batching != "off":
-            config.dynamic_batching.max_queue_delay_microseconds = int(self._settings.batch_delay_ms * 1000)
         return pb.ModelConfigResponse(config=config)
 
     # --- inference --------------------------------------------------------------------------------
@@ -171,25 +109,18 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def _infer(
         self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelInferResponse:
-        if not self._engine.ready:
-            raise NotReady("the server is not ready (models loading or shutting down)")
         info = self._model(request.model_name, request.model_version)
-        batch = self._input_batch(request)
-        names = [o.name for o in request.outputs] or info.output_names
-        if len(set(names)) != len(names):
-            raise InvalidOption(f"outputs requested more than once: {names}")
+        batch = self._input_batch(request, info)
+        names = codec.requested_outputs(info, [o.name for o in request.outputs])
+        requested = [codec.Requested(name) for name in names]
+        codec.check_reply_size(info, batch.shape, requested, self._settings.max_reply_bytes)
         info, results = await within_deadline(
             context,
             self._engine.infer_versioned(
                 info.name, batch, outputs=names, version=request.model_version or None
             ),
         )
-        response = pb.ModelInferResponse(model_name=info.name, model_version=info.version, id=request.id)
-        for name in names:
-            array = np.asarray(results[name])
-            response.outputs.add(name=name, datatype=datatype_of(array), shape=list(array.shape))
-            response.raw_output_contents.append(raw_bytes(array))
-        return response
+        return await asyncio.to_thread(_response, request, info, names, results)
 
     # --- the repository extension -----------------------------------------------------------------
     @translate_errors
@@ -224,38 +155,29 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
     def _model(self, name: str, version: str) -> ModelInfo:
         return self._engine.get_model(self._name(name), version or None)
 
-    def _input_batch(self, request: pb.ModelInferRequest) -> np.ndarray:
+    def _input_batch(self, request: pb.ModelInferRequest, info: ModelInfo) -> np.ndarray:
         """The ``image`` tensor as uint8 [N, H, W, 3], validated against what the request declares."""
-        if len(request.inputs) != 1 or request.inputs[0].name != INPUT_IMAGE:
+        if len(request.inputs) != 1:
             got = [t.name for t in request.inputs]
-            raise InvalidOption(f"expected exactly one input named {INPUT_IMAGE!r}, got {got}")
+            raise InvalidOption(f"expected exactly one input named {codec.INPUT_IMAGE!r}, got {got}")
         tensor = request.inputs[0]
-        if tensor.datatype != "UINT8":
-            raise InvalidOption(
-                f"input {INPUT_IMAGE!r} must be UINT8, got {tensor.datatype or 'no datatype'}"
-            )
-        shape = [int(d) for d in tensor.shape]
-        if len(shape) != 4 or shape[3] != 3 or min(shape) < 1:
-            raise InvalidOption(f"input {INPUT_IMAGE!r} must have shape [N, H, W, 3], got {shape}")
-        count = math.prod(shape)
+        shape = codec.image_shape(tensor.name, tensor.datatype, list(tensor.shape), info, self._limits)
         if request.raw_input_contents:
             if len(request.raw_input_contents) != len(request.inputs):
                 raise InvalidOption(
                     f"raw_input_contents has {len(request.raw_input_contents)} entries for {len(request.inputs)} input(s)"
                 )
-            data = request.raw_input_contents[0]
-            if len(data) != count:
-                raise InvalidOption(
-                    f"input {INPUT_IMAGE!r} of shape {shape} needs {count} bytes, got {len(data)}"
-                )
-            return np.frombuffer(data, dtype=np.uint8).reshape(shape)
-        values = tensor.contents.uint_contents
-        if len(values) != count:
-            raise InvalidOption(
-                f"input {INPUT_IMAGE!r} of shape {shape} needs {count} values in raw_input_contents or "
-                f"contents.uint_contents, got {len(values)}"
-            )
-        array = np.asarray(values, dtype=np.uint32)
-        if int(array.max(initial=0)) > 255:
-            raise InvalidOption(f"input {INPUT_IMAGE!r} is UINT8 but contents hold values above 255")
-        return array.astype(np.uint8).reshape(shape)
+            return codec.image_from_bytes(shape, request.raw_input_contents[0])
+        return codec.image_from_values(shape, np.asarray(tensor.contents.uint_contents, dtype=np.uint32))
+
+
+def _response(
+    request: pb.ModelInferRequest, info: ModelInfo, names: list[str], results: dict[str, np.ndarray]
+) -> pb.ModelInferResponse:
+    """Raw little-endian outputs, in the order asked (runs in a worker thread: copies can be large)."""
+    response = pb.ModelInferResponse(model_name=info.name, model_version=info.version, id=request.id)
+    for name in names:
+        array = np.asarray(results[name])
+        response.outputs.add(name=name, datatype=codec.datatype_of(array), shape=list(array.shape))
+        response.raw_output_contents.append(codec.little_endian(array))
+    return response

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import math
 import time
 from typing import Any
 
@@ -16,19 +15,19 @@ from google.protobuf.message import Message
 
 from protos.gen.danet.segmentation.v1 import segmentation_pb2 as pb
 from protos.gen.danet.segmentation.v1 import segmentation_pb2_grpc as pb_grpc
-from server import imaging
-from server.engine import Engine, ModelInfo, SegmentResult
-from server.errors import DanetError, InvalidImage, InvalidOption, NotReady, PayloadTooLarge
+from server.engine import Engine, ModelInfo
+from server.errors import DanetError, InvalidImage, InvalidOption, NotReady
 from server.grpc.deadlines import within_deadline
 from server.grpc.errors import status_for, translate_errors, translate_stream_errors
 from server.grpc.streaming import ordered_replies
+from server.kserve.codec import little_endian
+from server.segmentation import Segmenter, SegmentOptions, SegmentResult, render
+from server.segmentation.options import size_from_values
 from server.settings import Settings
-from server.tta import SegmentOptions
 
 logger = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["SegmentationService"].full_name
-DEFAULT_ALPHA = 0.5
 DEFAULT_OUTPUTS = (pb.OUTPUT_KIND_INDEX, pb.OUTPUT_KIND_STATS)
 _MODES = {pb.MODE_UNSPECIFIED: "whole", pb.MODE_WHOLE: "whole", pb.MODE_SLIDE: "slide"}
 _KNOWN_OUTPUTS = frozenset(pb.OutputKind.values()) - {pb.OUTPUT_KIND_UNSPECIFIED}
@@ -38,10 +37,6 @@ _PRESETS = {
     pb.TEST_TIME_AUGMENTATION_OFFICIAL: "official",
     pb.TEST_TIME_AUGMENTATION_MMSEG: "mmseg",
 }
-
-
-def _little_endian(array: np.ndarray) -> bytes:
-    return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
 
 
 def reject_unknown_fields(message: Message) -> None:
@@ -56,16 +51,7 @@ def reject_unknown_fields(message: Message) -> None:
         )
 
 
-def _size_option(values: Any, name: str) -> int | tuple[int, int] | None:
-    sizes = [int(v) for v in values]
-    if len(sizes) > 2:
-        raise InvalidOption(f"{name} takes one or two values, got {sizes}")
-    if not sizes:
-        return None
-    return sizes[0] if len(sizes) == 1 else (sizes[0], sizes[1])
-
-
-def _engine_options(options: pb.SegmentOptions) -> SegmentOptions:
+def _segment_options(options: pb.SegmentOptions) -> SegmentOptions:
     reject_unknown_fields(options)
     if options.mode not in _MODES:
         raise InvalidOption(f"unknown mode {options.mode}; expected MODE_WHOLE or MODE_SLIDE")
@@ -73,19 +59,15 @@ def _engine_options(options: pb.SegmentOptions) -> SegmentOptions:
         raise InvalidOption(
             f"unknown tta {options.tta}; expected TEST_TIME_AUGMENTATION_OFFICIAL or TEST_TIME_AUGMENTATION_MMSEG"
         )
-    scales = tuple(float(s) for s in options.scales) or (1.0,)
-    if not all(math.isfinite(s) for s in scales):
-        raise InvalidOption(f"scales must be finite numbers, got {list(scales)}")
-    max_size = int(options.max_size) if options.HasField("max_size") else None
     return SegmentOptions(
         mode=_MODES[options.mode],
-        scales=scales,
+        scales=tuple(options.scales) or (1.0,),
         flip=options.flip if options.HasField("flip") else None,
-        max_size=max_size,
+        max_size=int(options.max_size) if options.HasField("max_size") else None,
         tta=_PRESETS[options.tta],
-        base_size=_size_option(options.base_size, "base_size"),
-        crop_size=_size_option(options.crop_size, "crop_size"),
-        stride=_size_option(options.stride, "stride"),
+        base_size=size_from_values(options.base_size, "base_size"),
+        crop_size=size_from_values(options.crop_size, "crop_size"),
+        stride=size_from_values(options.stride, "stride"),
     )
 
 
@@ -101,22 +83,6 @@ def _output_kinds(options: pb.SegmentOptions) -> frozenset[int]:
     if options.HasField("alpha") and not (0.0 <= options.alpha <= 1.0):
         raise InvalidOption(f"alpha must be within [0, 1], got {options.alpha:g}")
     return kinds
-
-
-def _raw_pixels(raw: pb.RawImage, max_pixels: int) -> np.ndarray:
-    height, width = int(raw.height), int(raw.width)
-    if height < 1 or width < 1:
-        raise InvalidImage(f"raw image needs positive height and width, got {height}x{width}")
-    if height * width > max_pixels:
-        raise PayloadTooLarge(
-            f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels} pixels"
-        )
-    expected = height * width * 3
-    if len(raw.pixels) != expected:
-        raise InvalidImage(
-            f"raw image {height}x{width} RGB needs {expected} bytes (height * width * 3), got {len(raw.pixels)}"
-        )
-    return np.frombuffer(raw.pixels, dtype=np.uint8).reshape(height, width, 3)
 
 
 def _metadata_text(value: Any) -> str:
@@ -141,7 +107,7 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
     def __init__(self, settings: Settings, engine: Engine, *, stream_window: int | None = None) -> None:
         self._settings = settings
         self._engine = engine
-        self._max_pixels = int(settings.max_pixels)
+        self._segmenter = Segmenter(engine)
         # Enough frames in flight for the batcher to merge them, not so many that one stream fills the queue.
         self._window = stream_window or max(2, min(int(settings.max_batch_size), 16))
 
@@ -191,9 +157,9 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
     async def _image(self, request: pb.SegmentRequest) -> np.ndarray:
         which = request.WhichOneof("image")
         if which == "raw":
-            return _raw_pixels(request.raw, self._max_pixels)
+            return self._segmenter.raw(int(request.raw.height), int(request.raw.width), request.raw.pixels)
         if which == "encoded":
-            return await asyncio.to_thread(imaging.decode_image, request.encoded, max_pixels=self._max_pixels)
+            return await self._segmenter.decode(request.encoded)
         raise InvalidImage("the request carries no image: set `encoded` or `raw`")
 
     async def _segment(
@@ -202,70 +168,59 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
         reject_unknown_fields(request)
         options = request.options
         kinds = _output_kinds(options)
-        engine_options = _engine_options(options)
+        segment_options = _segment_options(options)
         version = options.version or None
-        info = self._engine.admit(options.model or None, version)  # NOT_FOUND / RESOURCE_EXHAUSTED first
+        # NOT_FOUND / UNAVAILABLE / RESOURCE_EXHAUSTED / INVALID_ARGUMENT before the image is decoded
+        info = self._segmenter.admit(options.model or None, version, segment_options)
+        if pb.OUTPUT_KIND_CONFIDENCE in kinds and not info.has_confidence:
+            raise InvalidOption(f"model {info.name!r} has no confidence output")
         started = time.perf_counter()
         image = await self._image(request)
         decode_ms = (time.perf_counter() - started) * 1000.0
-        if pb.OUTPUT_KIND_CONFIDENCE in kinds and not info.has_confidence:
-            raise InvalidOption(f"model {info.name!r} has no confidence output")
         result = await within_deadline(
-            context, self._engine.segment(info.name, image, engine_options, version=version)
+            context, self._segmenter.segment(image, segment_options, model=info.name, version=version)
         )
-        info = result.info or info  # the version that answered (a swap may have happened meanwhile)
-        reply = await asyncio.to_thread(self._reply, request, info, image, result, kinds)
+        reply = await asyncio.to_thread(_reply, request, image, result, kinds)
         reply.timings_ms["decode_ms"] = decode_ms
         return reply
 
-    def _reply(
-        self,
-        request: pb.SegmentRequest,
-        info: ModelInfo,
-        image: np.ndarray,
-        result: SegmentResult,
-        kinds: frozenset[int],
-    ) -> pb.SegmentResponse:
-        """Encode the requested outputs (runs in a worker thread: PNG encoding is CPU work)."""
-        started = time.perf_counter()
-        labels = result.labels
-        height, width = labels.shape
-        reply = pb.SegmentResponse(
-            id=request.id,
-            model=result.model,
-            model_version=result.version,
-            provider=result.provider,
-            height=height,
-            width=width,
+
+def _reply(
+    request: pb.SegmentRequest, image: np.ndarray, result: SegmentResult, kinds: frozenset[int]
+) -> pb.SegmentResponse:
+    """Encode the requested outputs (runs in a worker thread: PNG encoding is CPU work)."""
+    started = time.perf_counter()
+    labels = result.labels
+    height, width = labels.shape
+    reply = pb.SegmentResponse(
+        id=request.id,
+        model=result.model,
+        model_version=result.version,
+        provider=result.provider,
+        height=height,
+        width=width,
+    )
+    if pb.OUTPUT_KIND_INDEX in kinds:
+        raw = request.options.label_encoding == pb.LABEL_ENCODING_RAW
+        reply.labels.CopyFrom(
+            pb.LabelMap(
+                encoding=pb.LABEL_ENCODING_RAW if raw else pb.LABEL_ENCODING_PNG,
+                height=height,
+                width=width,
+                dtype=labels.dtype.name,
+                data=little_endian(labels) if raw else render.index_png(labels),
+            )
         )
-        if pb.OUTPUT_KIND_INDEX in kinds:
-            raw = request.options.label_encoding == pb.LABEL_ENCODING_RAW
-            reply.labels.CopyFrom(
-                pb.LabelMap(
-                    encoding=pb.LABEL_ENCODING_RAW if raw else pb.LABEL_ENCODING_PNG,
-                    height=height,
-                    width=width,
-                    dtype=labels.dtype.name,
-                    data=_little_endian(labels) if raw else imaging.encode_png(labels),
-                )
-            )
-        if pb.OUTPUT_KIND_COLOR in kinds:
-            if labels.dtype == np.uint8 and len(info.palette) <= 256:
-                reply.color_png = imaging.encode_png(labels, palette=info.palette)
-            else:
-                reply.color_png = imaging.encode_png(imaging.colorize(labels, info.palette))
-        if pb.OUTPUT_KIND_OVERLAY in kinds:
-            alpha = request.options.alpha if request.options.HasField("alpha") else DEFAULT_ALPHA
-            reply.overlay_png = imaging.encode_png(
-                imaging.overlay(image, labels, info.palette, alpha), level=1
-            )
-        if pb.OUTPUT_KIND_STATS in kinds:
-            for entry in imaging.class_stats(labels, info.classes):
-                stat = reply.stats.add(**entry)
-                if result.confidence is not None:
-                    stat.mean_confidence = float(result.confidence[labels == entry["id"]].mean())
-        if pb.OUTPUT_KIND_CONFIDENCE in kinds and result.confidence is not None:
-            reply.confidence = _little_endian(result.confidence.astype(np.float32, copy=False))
-        reply.timings_ms.update({k: float(v) for k, v in result.timings.items()})
-        reply.timings_ms["encode_ms"] = (time.perf_counter() - started) * 1000.0
-        return reply
+    if pb.OUTPUT_KIND_COLOR in kinds:
+        reply.color_png = render.color_png(labels, result.info)
+    if pb.OUTPUT_KIND_OVERLAY in kinds:
+        alpha = request.options.alpha if request.options.HasField("alpha") else render.DEFAULT_ALPHA
+        reply.overlay_png = render.overlay_png(image, labels, result.info, alpha)
+    if pb.OUTPUT_KIND_STATS in kinds:
+        for entry in render.class_statistics(result):
+            reply.stats.add(**entry)
+    if pb.OUTPUT_KIND_CONFIDENCE in kinds and result.confidence is not None:
+        reply.confidence = little_endian(result.confidence.astype(np.float32, copy=False))
+    reply.timings_ms.update({k: float(v) for k, v in result.timings.items()})
+    reply.timings_ms["encode_ms"] = (time.perf_counter() - started) * 1000.0
+    return reply

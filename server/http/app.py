@@ -20,6 +20,7 @@ from server.http.errors import install_error_handlers
 from server.http.middleware import ServiceMiddleware
 from server.http.routes import segment, service, ui
 from server.http.strict import STRICT_QUERY
+from server.segmentation import Segmenter
 from server.settings import Settings
 
 DESCRIPTION = """DANet scene segmentation over onnxruntime.
@@ -42,6 +43,7 @@ def create_app(settings: Settings, engine: Engine) -> FastAPI:
     _install_offline_docs(app)
     app.state.settings = settings
     app.state.engine = engine
+    app.state.segmenter = Segmenter(engine)
     install_error_handlers(app)
     app.include_router(ui.build_router())
     app.include_router(segment.router)

@@ -1,4 +1,4 @@
-"""FastAPI dependency aliases: the engine and settings live on ``app.state`` (set by ``create_app``).
+"""FastAPI dependency aliases: the engine, the segmentation pipeline and settings live on ``app.state`` (set by ``create_app``).
 
 The getters are ``async def`` on purpose: FastAPI runs a plain ``def`` dependency in its thread pool, which
 cost every request two thread hand-offs (wake a worker, wait for it to wake the loop) for an attribute read.
@@ -11,6 +11,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from server.engine import Engine
+from server.segmentation import Segmenter
 from server.settings import Settings
 
 
@@ -24,5 +25,11 @@ async def get_settings(request: Request) -> Settings:
     return settings
 
 
+async def get_segmenter(request: Request) -> Segmenter:
+    segmenter: Segmenter = request.app.state.segmenter
+    return segmenter
+
+
 EngineDep = Annotated[Engine, Depends(get_engine)]
+SegmenterDep = Annotated[Segmenter, Depends(get_segmenter)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]

@@ -15,6 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
 
 from server.errors import (
+    Cancelled,
     DanetError,
     DeadlineExceeded,
     InvalidImage,
@@ -41,6 +42,7 @@ STATUS: dict[type[DanetError], int] = {
     NotReady: 503,
     Overloaded: 503,
     DeadlineExceeded: 504,
+    Cancelled: 499,
 }
 KSERVE_PREFIX = "/v2"
 _HTTP_CODES = {
@@ -51,6 +53,7 @@ _HTTP_CODES = {
     413: "payload_too_large",
     415: "unsupported_media_type",
     422: "invalid_option",
+    499: "cancelled",
     500: "internal",
     503: "unavailable",
 }

@@ -7,6 +7,7 @@ Errors use the protocol's ``{"error": "message"}`` (see ``server.http.errors``).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import zlib
 from typing import Any
@@ -15,20 +16,18 @@ import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from common.contract import INPUT_IMAGE
-from server import __version__
 from server.engine import Engine
 from server.errors import InvalidOption, NotReady, PayloadTooLarge
 from server.http.deps import EngineDep, SettingsDep
-from server.model import ORT_TYPES, ModelInfo, TensorSpec
+from server.kserve import codec
+from server.model import ModelInfo
+from server.segmentation.pipeline import limits_of
 
 router = APIRouter(prefix="/v2", tags=["kserve-v2"])
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 MODEL_VERSION_HEADER = "X-Danet-Model-Version"
-SERVER_NAME = "danet-serve"
-EXTENSIONS = ["binary_tensor_data", "model_configuration", "model_repository"]
-_TRITON_TYPES = {v2: f"TYPE_{v2}" for v2, _ in ORT_TYPES.values()}  # Triton model-config names
+EXTENSIONS = ["binary_tensor_data", *codec.EXTENSIONS]
 
 
 def _model(engine: Engine, name: str, version: str | None) -> ModelInfo:
@@ -37,7 +36,7 @@ def _model(engine: Engine, name: str, version: str | None) -> ModelInfo:
 
 @router.get("", summary="Server metadata")
 async def server_metadata() -> dict[str, Any]:
-    return {"name": SERVER_NAME, "version": __version__, "extensions": EXTENSIONS}
+    return {"name": codec.SERVER_NAME, "version": codec.SERVER_VERSION, "extensions": EXTENSIONS}
 
 
 @router.get("/health/live", summary="Server live")
@@ -59,7 +58,7 @@ async def model_metadata(engine: EngineDep, model: str, version: str | None = No
     return {
         "name": info.name,
         "versions": [v.version for v in engine.versions(info.name)],
-        "platform": "onnxruntime_onnx",
+        "platform": codec.PLATFORM,
         "inputs": [t.to_dict() for t in info.inputs],
         "outputs": [t.to_dict() for t in info.outputs],
     }
@@ -76,27 +75,8 @@ async def model_ready(engine: EngineDep, model: str, version: str | None = None)
 
 @router.get("/models/{model}/config", summary="Model configuration (Triton style)")
 @router.get("/models/{model}/versions/{version}/config", summary="Model configuration (version)")
-async def model_config(
-    engine: EngineDep, settings: SettingsDep, model: str, version: str | None = None
-) -> dict[str, Any]:
-    info = _model(engine, model, version)
-
-    def dims(spec: TensorSpec) -> list[int]:
-        return spec.shape[1:]  # max_batch_size > 0: dims omit the batch dimension
-
-    return {
-        "name": info.name,
-        "platform": "onnxruntime_onnx",
-        "backend": "onnxruntime",
-        "max_batch_size": settings.max_batch_size,
-        "input": [
-            {"name": t.name, "data_type": _TRITON_TYPES[t.datatype], "dims": dims(t)} for t in info.inputs
-        ],
-        "output": [
-            {"name": t.name, "data_type": _TRITON_TYPES[t.datatype], "dims": dims(t)} for t in info.outputs
-        ],
-        "parameters": {"classes": {"string_value": json.dumps(info.classes)}},
-    }
+async def model_config(engine: EngineDep, model: str, version: str | None = None) -> dict[str, Any]:
+    return codec.model_config(engine.instance(model, version or None))
 
 
 @router.post("/models/{model}/infer", summary="Inference (JSON or binary tensor data)")
@@ -108,7 +88,27 @@ async def infer(
     body = _decompress(
         await request.body(), request.headers.get("content-encoding"), settings.max_upload_bytes
     )
-    header_length = request.headers.get(HEADER_LENGTH)
+    header, binary = _split(body, request.headers.get(HEADER_LENGTH))
+    images = _read_image_input(header, binary, info, settings)
+    requested = _requested_outputs(header, info)
+    codec.check_reply_size(info, images.shape, requested, settings.max_reply_bytes)
+    info, results = await engine.infer_versioned(
+        info.name, images, [r.name for r in requested], version=version or None
+    )
+    json_part, blobs = await asyncio.to_thread(_encode, header, info, requested, results)
+    headers = {
+        "X-Danet-Provider": info.provider,
+        "X-Danet-Model": info.name,
+        MODEL_VERSION_HEADER: info.version,
+    }
+    if not blobs:
+        return Response(json_part, media_type="application/json", headers=headers)
+    headers[HEADER_LENGTH] = str(len(json_part))
+    return Response(json_part + b"".join(blobs), media_type="application/octet-stream", headers=headers)
+
+
+def _split(body: bytes, header_length: str | None) -> tuple[dict[str, Any], bytes]:
+    """The JSON header (the whole body without the binary extension) and the bytes after it."""
     if header_length is not None:
         try:
             split = int(header_length)
@@ -121,42 +121,38 @@ async def infer(
         header_bytes, binary = body, b""
     try:
         header = json.loads(header_bytes or b"{}")
-    except ValueError as exc:
-        raise InvalidOption(f"inference request is not valid JSON: {exc}") from exc
+    except (ValueError, RecursionError) as exc:
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+        raise InvalidOption(f"inference request is not valid JSON: {reason}") from None
     if not isinstance(header, dict):
         raise InvalidOption("inference request must be a JSON object")
+    return header, binary
 
-    images = _read_image_input(header, binary, info)
-    requested, binary_out = _requested_outputs(header, info)
-    info, results = await engine.infer_versioned(
-        info.name, images, [name for name, _ in requested], version=version or None
-    )
 
+def _encode(
+    header: dict[str, Any], info: ModelInfo, requested: list[codec.Requested], results: dict[str, np.ndarray]
+) -> tuple[bytes, list[bytes]]:
+    """The reply: JSON header and binary blobs (runs in a worker thread: large tensors take time)."""
     outputs: list[dict[str, Any]] = []
     blobs: list[bytes] = []
-    for (name, as_binary), spec in zip(requested, (_spec(info, n) for n, _ in requested), strict=True):
-        value = np.ascontiguousarray(results[name])
-        entry: dict[str, Any] = {"name": name, "datatype": spec.datatype, "shape": list(value.shape)}
-        if as_binary or binary_out:
-            raw = value.astype(value.dtype.newbyteorder("<"), copy=False).tobytes()
+    for out in requested:
+        value = np.ascontiguousarray(results[out.name])
+        entry: dict[str, Any] = {
+            "name": out.name,
+            "datatype": codec.datatype_of(value),
+            "shape": list(value.shape),
+        }
+        if out.binary:
+            raw = codec.little_endian(value)
             entry["parameters"] = {"binary_data_size": len(raw)}
             blobs.append(raw)
         else:
-            entry["data"] = value.ravel().tolist()
+            entry["data"] = codec.json_data(value)
         outputs.append(entry)
     response: dict[str, Any] = {"model_name": info.name, "model_version": info.version, "outputs": outputs}
     if "id" in header:
         response["id"] = header["id"]
-    headers = {
-        "X-Danet-Provider": info.provider,
-        "X-Danet-Model": info.name,
-        MODEL_VERSION_HEADER: info.version,
-    }
-    json_part = json.dumps(response).encode()
-    if not blobs:
-        return Response(json_part, media_type="application/json", headers=headers)
-    headers[HEADER_LENGTH] = str(len(json_part))
-    return Response(json_part + b"".join(blobs), media_type="application/octet-stream", headers=headers)
+    return json.dumps(response).encode(), blobs
 
 
 # --- the repository extension ---------------------------------------------------------------------
@@ -196,68 +192,53 @@ async def repository_unload(request: Request, engine: EngineDep, model: str) -> 
     return JSONResponse({})
 
 
-def _spec(info: ModelInfo, name: str) -> TensorSpec:
-    return next(t for t in info.outputs if t.name == name)
-
-
-def _read_image_input(header: dict[str, Any], binary: bytes, info: ModelInfo) -> np.ndarray:
+def _read_image_input(header: dict[str, Any], binary: bytes, info: ModelInfo, settings: Any) -> np.ndarray:
     inputs = header.get("inputs")
     if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
-        raise InvalidOption(f"expected exactly one input {INPUT_IMAGE!r}, got {_names(inputs)}")
+        raise InvalidOption(f"expected exactly one input {codec.INPUT_IMAGE!r}, got {_names(inputs)}")
     tensor = inputs[0]
-    if tensor.get("name") != INPUT_IMAGE:
-        raise InvalidOption(
-            f"unknown input {tensor.get('name')!r}; model {info.name!r} takes {INPUT_IMAGE!r}"
-        )
-    if tensor.get("datatype") != "UINT8":
-        raise InvalidOption(f"input {INPUT_IMAGE!r} must be UINT8, got {tensor.get('datatype')!r}")
-    shape = tensor.get("shape")
-    if not isinstance(shape, list) or len(shape) != 4 or not all(isinstance(d, int) and d > 0 for d in shape):
-        raise InvalidOption(f"input {INPUT_IMAGE!r} needs a shape [N, H, W, 3], got {shape!r}")
-    if shape[3] != 3:
-        raise InvalidOption(f"input {INPUT_IMAGE!r} must have 3 channels (RGB), got shape {shape}")
-    count = int(np.prod(shape))
+    shape = codec.image_shape(
+        tensor.get("name"), tensor.get("datatype"), tensor.get("shape"), info, limits_of(settings)
+    )
     parameters = tensor.get("parameters") or {}
+    if not isinstance(parameters, dict):
+        raise InvalidOption(f"input {codec.INPUT_IMAGE!r}: 'parameters' must be a JSON object")
     if "binary_data_size" in parameters:
         size = parameters["binary_data_size"]
-        if not isinstance(size, int) or size != count or len(binary) < size:
+        if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= len(binary):
             raise InvalidOption(
-                f"input {INPUT_IMAGE!r} declares binary_data_size {size!r}; shape {shape} needs {count} bytes "
-                f"and {len(binary)} bytes follow the header"
+                f"input {codec.INPUT_IMAGE!r} declares binary_data_size {size!r}; {len(binary)} bytes follow "
+                "the header"
             )
-        return np.frombuffer(binary[:size], dtype=np.uint8).reshape(shape)
+        return codec.image_from_bytes(shape, binary[:size])
     data = tensor.get("data")
     if data is None:
-        raise InvalidOption(f"input {INPUT_IMAGE!r} has neither 'data' nor parameters.binary_data_size")
-    try:
-        values = np.asarray(data, dtype=np.int64).ravel()
-    except (TypeError, ValueError) as exc:
-        raise InvalidOption(f"input {INPUT_IMAGE!r} data must be integers 0-255") from exc
-    if values.size != count:
-        raise InvalidOption(f"input {INPUT_IMAGE!r} has {values.size} values; shape {shape} needs {count}")
-    if values.size and (values.min() < 0 or values.max() > 255):
-        raise InvalidOption(f"input {INPUT_IMAGE!r} values must be within 0-255 for UINT8")
-    return values.astype(np.uint8).reshape(shape)
+        raise InvalidOption(f"input {codec.INPUT_IMAGE!r} has neither 'data' nor parameters.binary_data_size")
+    return codec.image_from_values(shape, data)
 
 
-def _requested_outputs(header: dict[str, Any], info: ModelInfo) -> tuple[list[tuple[str, bool]], bool]:
+def _requested_outputs(header: dict[str, Any], info: ModelInfo) -> list[codec.Requested]:
     parameters = header.get("parameters") or {}
-    binary_out = bool(parameters.get("binary_data_output", False)) if isinstance(parameters, dict) else False
+    if not isinstance(parameters, dict):
+        raise InvalidOption("'parameters' must be a JSON object")
+    binary_all = parameters.get("binary_data_output", False) is True
     wanted = header.get("outputs")
     if wanted is None:
-        return [(name, False) for name in info.output_names], binary_out
-    if not isinstance(wanted, list) or not all(isinstance(o, dict) and "name" in o for o in wanted):
+        return [codec.Requested(n, binary_all) for n in codec.requested_outputs(info, [])]
+    if not isinstance(wanted, list) or not all(
+        isinstance(o, dict) and isinstance(o.get("name"), str) for o in wanted
+    ):
         raise InvalidOption("'outputs' must be a list of {'name': ...} objects")
+    names = codec.requested_outputs(info, [o["name"] for o in wanted])
     requested = []
-    for output in wanted:
-        name = output["name"]
-        if name not in info.output_names:
-            raise InvalidOption(f"unknown output {name!r}; model {info.name!r} has {info.output_names}")
+    for name, output in zip(names, wanted, strict=True):
         params = output.get("parameters") or {}
+        if not isinstance(params, dict):
+            raise InvalidOption(f"output {name!r}: 'parameters' must be a JSON object")
         if "classification" in params:
             raise InvalidOption("the classification extension is not supported")
-        requested.append((name, bool(params.get("binary_data", False))))
-    return requested, binary_out
+        requested.append(codec.Requested(name, binary_all or params.get("binary_data", False) is True))
+    return requested
 
 
 def _names(inputs: Any) -> list[Any]:

@@ -37,6 +37,8 @@ def settings_for(model: Path, **overrides: Any) -> Settings:
         "warmup_sizes": ["preferred"],
         "log_format": "text",
         "shutdown_grace_s": 2.0,
+        # references are computed at the upload's size; tests of the preferred-size policy turn it on
+        "infer_at_preferred_size": False,
     }
     base.update(overrides)
     return Settings(**base)

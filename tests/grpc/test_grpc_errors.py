@@ -15,6 +15,8 @@ import pytest
 
 from protos.gen.danet.segmentation.v1 import segmentation_pb2 as pb
 from protos.gen.danet.segmentation.v1 import segmentation_pb2_grpc as pb_grpc
+from server.instance import ModelInstance
+from server.segmentation import Segmenter
 from tests.grpc.harness import ServerThread, random_image, settings_for
 
 
@@ -87,7 +89,7 @@ def test_internal_hides_details_and_logs_the_traceback(
     async def broken(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("secret-internal-detail")
 
-    monkeypatch.setattr(grpc_server.engine, "segment", broken)
+    monkeypatch.setattr(Segmenter, "segment", broken)
     with caplog.at_level(logging.ERROR, logger="server.grpc"):
         code, details = code_of(lambda: stub.Segment(raw_request(random_image(0)), timeout=30))
     assert code == grpc.StatusCode.INTERNAL
@@ -99,17 +101,19 @@ def test_internal_hides_details_and_logs_the_traceback(
 class BlockedWorker:
     """Holds the engine's single worker inside every run until ``release`` is set, counting runs."""
 
-    def __init__(self, engine: Any) -> None:
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.entered = threading.Event()
         self.release = threading.Event()
         self.runs = 0
-        self._original = engine._run_session
+        original = ModelInstance.run
 
-    def __call__(self, *args: Any) -> Any:
-        self.runs += 1
-        self.entered.set()
-        self.release.wait(60)
-        return self._original(*args)
+        def run(instance: ModelInstance, *args: Any) -> Any:
+            self.runs += 1
+            self.entered.set()
+            self.release.wait(60)
+            return original(instance, *args)
+
+        monkeypatch.setattr(ModelInstance, "run", run)
 
 
 @pytest.fixture
@@ -117,8 +121,7 @@ def blocked(tiny_onnx: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[
     server = ServerThread(
         settings_for(tiny_onnx, workers=1, batching="off", max_queue=1, request_timeout_s=0.5)
     )
-    worker = BlockedWorker(server.engine)
-    monkeypatch.setattr(server.engine, "_run_session", worker)
+    worker = BlockedWorker(monkeypatch)
     try:
         yield server, worker
     finally:

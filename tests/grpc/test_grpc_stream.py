@@ -14,6 +14,7 @@ from PIL import Image
 
 from protos.gen.danet.segmentation.v1 import segmentation_pb2 as pb
 from protos.gen.danet.segmentation.v1 import segmentation_pb2_grpc as pb_grpc
+from server.segmentation import Segmenter
 from tests.grpc.harness import OnnxReference, ServerThread, random_image
 
 RAW_INDEX = pb.SegmentOptions(outputs=[pb.OUTPUT_KIND_INDEX], label_encoding=pb.LABEL_ENCODING_RAW)
@@ -51,18 +52,17 @@ def test_replies_come_in_request_order_with_ids(
 @pytest.fixture
 def slow_first_frames(grpc_server: ServerThread, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Earlier frames take longer, so they finish last unless the server restores the order."""
-    engine = grpc_server.engine
-    original = engine.segment
+    original = Segmenter.segment
     finished: list[str] = []
 
-    async def segment(name: Any, image: np.ndarray, options: Any, **kwargs: Any) -> Any:
+    async def segment(self: Segmenter, image: np.ndarray, options: Any, **kwargs: Any) -> Any:
         delay = max(0.0, 0.3 - 0.05 * (image.shape[0] - 16))
         await asyncio.sleep(delay)
-        result = await original(name, image, options, **kwargs)
+        result = await original(self, image, options, **kwargs)
         finished.append(f"h{image.shape[0]}")
         return result
 
-    monkeypatch.setattr(engine, "segment", segment)
+    monkeypatch.setattr(Segmenter, "segment", segment)
     return finished
 
 

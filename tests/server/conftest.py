@@ -28,6 +28,8 @@ def make_settings(models: list[Path], **overrides: Any) -> Settings:
         "log_format": "text",
         "access_log": False,
         "grpc_port": -1,
+        # references are computed at the upload's size; tests of the preferred-size policy turn it on
+        "infer_at_preferred_size": False,
     }
     values.update(overrides)
     return Settings(**values)

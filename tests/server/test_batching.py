@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from server.batching import Batcher, BatchStats
+from server.batching import Batcher, BatchStats, CancelToken
 from server.errors import NotReady, Overloaded
 
 
@@ -21,7 +21,9 @@ class GatedRun:
         self.batches: list[tuple[tuple[int, ...], tuple[str, ...]]] = []
         self.first = True
 
-    def __call__(self, images: np.ndarray, outputs: tuple[str, ...]) -> dict[str, np.ndarray]:
+    def __call__(
+        self, images: np.ndarray, outputs: tuple[str, ...], token: CancelToken | None = None
+    ) -> dict[str, np.ndarray]:
         self.batches.append((images.shape, outputs))
         if self.first:
             self.first = False
@@ -126,7 +128,7 @@ def test_full_queue_raises_overloaded_immediately() -> None:
 def test_errors_reach_every_caller_and_workers_survive() -> None:
     calls = {"n": 0}
 
-    def run(images: np.ndarray, outputs: tuple[str, ...]) -> dict[str, np.ndarray]:
+    def run(images: np.ndarray, outputs: tuple[str, ...], token: CancelToken) -> dict[str, np.ndarray]:
         calls["n"] += 1
         if calls["n"] == 1:
             raise RuntimeError("boom")

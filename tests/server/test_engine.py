@@ -10,10 +10,11 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from server.engine import Engine, SegmentOptions
+from server.engine import Engine
 from server.errors import InvalidOption, ModelLoadError, ModelNotFound, NotReady, PayloadTooLarge
+from server.segmentation import Segmenter, SegmentOptions
+from server.segmentation.tiling import inference_size, resize_logits, slide_windows
 from server.settings import Settings
-from server.tiling import inference_size, resize_logits, slide_windows
 from tests.conftest import make_scene
 from tests.onnx_fixtures import reference_logits, write_model
 
@@ -23,6 +24,7 @@ def run(coro: Any) -> Any:
 
 
 def engine_for(models: list[Path], **kw: Any) -> Engine:
+    kw.setdefault("infer_at_preferred_size", False)  # references are computed at the upload's size
     return Engine(Settings(models=models, providers=["CPUExecutionProvider"], warmup_sizes=["32x32"], **kw))
 
 
@@ -85,7 +87,7 @@ def test_not_ready_until_warmed_up_and_after_close(tiny_onnx: Path) -> None:
     run(e.load())
     assert not e.ready and e.loaded
     with pytest.raises(NotReady, match="warming"):
-        run(e.segment(None, make_scene(), SegmentOptions()))
+        run(Segmenter(e).segment(make_scene(), SegmentOptions()))
     run(e.warm_up())
     assert e.ready
     run(e.close())
@@ -96,7 +98,7 @@ def test_not_ready_until_warmed_up_and_after_close(tiny_onnx: Path) -> None:
 
 def test_segment_whole_equals_reference(engine: Engine) -> None:
     image = make_scene(37, 53)
-    result = run(engine.segment(None, image, SegmentOptions()))
+    result = run(Segmenter(engine).segment(image, SegmentOptions()))
     reference = reference_logits(image[None])[0]
     np.testing.assert_array_equal(result.labels, reference.argmax(0))
     assert result.labels.dtype == np.uint8 and result.confidence is not None
@@ -111,8 +113,8 @@ def test_slide_uses_batched_windows_and_matches_whole(tiny_onnx: Path) -> None:
     run(e.start())
     try:
         image = make_scene(40, 50)
-        whole = run(e.segment(None, image, SegmentOptions()))
-        slide = run(e.segment(None, image, SegmentOptions(mode="slide")))
+        whole = run(Segmenter(e).segment(image, SegmentOptions()))
+        slide = run(Segmenter(e).segment(image, SegmentOptions(mode="slide")))
         np.testing.assert_array_equal(slide.labels, whole.labels)
         assert whole.confidence is not None and slide.confidence is not None
         np.testing.assert_allclose(slide.confidence, whole.confidence, rtol=1e-4)
@@ -128,46 +130,50 @@ def test_slide_uses_batched_windows_and_matches_whole(tiny_onnx: Path) -> None:
 
 def test_tta_flip_and_scales(engine: Engine) -> None:
     image = make_scene(40, 40)
-    whole = run(engine.segment(None, image, SegmentOptions()))
-    flipped = run(engine.segment(None, image, SegmentOptions(flip=True)))
+    whole = run(Segmenter(engine).segment(image, SegmentOptions()))
+    flipped = run(Segmenter(engine).segment(image, SegmentOptions(flip=True)))
     np.testing.assert_array_equal(flipped.labels, whole.labels)
-    multi = run(engine.segment(None, image, SegmentOptions(scales=(0.75, 1.0, 1.25), flip=True)))
+    multi = run(Segmenter(engine).segment(image, SegmentOptions(scales=(0.75, 1.0, 1.25), flip=True)))
     assert multi.labels.shape == (40, 40) and (multi.labels == whole.labels).mean() > 0.9
 
 
 def test_max_size_shrinks_then_restores_size(engine: Engine) -> None:
     image = make_scene(60, 90)
-    result = run(engine.segment(None, image, SegmentOptions(max_size=30)))
+    result = run(Segmenter(engine).segment(image, SegmentOptions(max_size=30)))
     assert result.inference_size == (20, 30) and result.labels.shape == (60, 90)
     assert result.confidence is not None and result.confidence.shape == (60, 90)
-    small = run(engine.segment(None, make_scene(3, 5), SegmentOptions()))
+    small = run(Segmenter(engine).segment(make_scene(3, 5), SegmentOptions()))
     assert small.labels.shape == (3, 5)
 
 
 def test_server_wide_max_inference_size(tiny_onnx: Path) -> None:
     e = engine_for([tiny_onnx], max_inference_size=20)
     run(e.start())
-    result = run(e.segment(None, make_scene(40, 40), SegmentOptions()))
+    result = run(Segmenter(e).segment(make_scene(40, 40), SegmentOptions()))
     assert result.inference_size == (20, 20) and result.labels.shape == (40, 40)
     run(e.close())
 
 
 def test_options_validation(engine: Engine, tiny_onnx_no_logits: Path) -> None:
+    """Options validate themselves when built: an invalid one never reaches the pipeline."""
     for options in (
-        SegmentOptions(mode="tile"),
-        SegmentOptions(scales=()),
-        SegmentOptions(scales=(5.0,)),
-        SegmentOptions(scales=(1.0,) * 9),
-        SegmentOptions(max_size=4),
+        {"mode": "tile"},
+        {"scales": ()},
+        {"scales": (5.0,)},
+        {"scales": (float("nan"),)},
+        {"scales": (1.0,) * 9},
+        {"max_size": 4},
+        {"tta": "official", "crop_size": 8},  # below the smallest window
+        {"tta": "official", "crop_size": 512, "stride": 32},  # more than 8 windows a pixel per axis
     ):
         with pytest.raises(InvalidOption):
-            run(engine.segment(None, make_scene(), options))
+            SegmentOptions(**options)
     e = engine_for([tiny_onnx_no_logits])
     run(e.start())
     assert e.get_model(None).name == "plain"  # no model_name metadata: the file stem
     with pytest.raises(InvalidOption, match="logits"):
-        run(e.segment(None, make_scene(), SegmentOptions(mode="slide")))
-    assert run(e.segment(None, make_scene(), SegmentOptions())).labels.shape == (48, 64)
+        run(Segmenter(e).segment(make_scene(), SegmentOptions(mode="slide")))
+    assert run(Segmenter(e).segment(make_scene(), SegmentOptions())).labels.shape == (48, 64)
     run(e.close())
 
 
@@ -178,7 +184,7 @@ def test_many_classes_give_uint16_labels(tmp_path: Path) -> None:
     run(e.start())
     info = e.get_model(None)
     assert len(info.palette) == 300  # generated when the metadata has none
-    result = run(e.segment(None, make_scene(), SegmentOptions()))
+    result = run(Segmenter(e).segment(make_scene(), SegmentOptions()))
     assert result.labels.dtype == np.uint16 and result.labels.max() >= 0
     run(e.close())
 
@@ -232,3 +238,35 @@ def test_tiling_helpers() -> None:
     resized = resize_logits(ramp, (3, 8))
     assert resized.shape == (2, 3, 8)
     assert resized[0, 0, 0] == 0.0 and resized[0, 0, -1] == 3.0 and np.all(np.diff(resized[0, 0]) >= 0)
+
+
+def test_whole_image_inference_runs_at_the_preferred_size_by_default(tiny_onnx: Path) -> None:
+    """The tiny model's metadata prefers 32x32: a 64x96 upload is inferred at 21x32 (long side 32) and its
+    labels restored to 64x96; max_size overrides the policy, and slide keeps the server's cap."""
+    e = engine_for([tiny_onnx], infer_at_preferred_size=True)
+    run(e.start())
+    try:
+        segmenter = Segmenter(e)
+        image = make_scene(64, 96)
+        result = run(segmenter.segment(image, SegmentOptions()))
+        assert result.inference_size == (21, 32) and result.labels.shape == (64, 96)
+        assert run(segmenter.segment(image, SegmentOptions(max_size=48))).inference_size == (32, 48)
+        assert run(segmenter.segment(image, SegmentOptions(mode="slide"))).inference_size == (64, 96)
+    finally:
+        run(e.close())
+
+
+def test_scales_never_exceed_the_inference_cap(tiny_onnx: Path) -> None:
+    """max_inference_size bounds every pass: with scales up to 2, the work size is half the cap."""
+    e = engine_for([tiny_onnx], max_inference_size=64)
+    run(e.start())
+    try:
+        segmenter = Segmenter(e)
+        result = run(segmenter.segment(make_scene(64, 96), SegmentOptions(scales=(1.0, 2.0))))
+        assert max(result.inference_size) == 32
+        # a client's max_size above the cap does not lift it
+        assert (
+            max(run(segmenter.segment(make_scene(64, 96), SegmentOptions(max_size=90))).inference_size) == 64
+        )
+    finally:
+        run(e.close())

@@ -9,8 +9,9 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from server.engine import Engine, SegmentOptions
+from server.engine import Engine
 from server.providers import CUDA, GPU_PROVIDERS, TENSORRT, create_session
+from server.segmentation import Segmenter, SegmentOptions
 from server.settings import Settings
 from tests.conftest import make_scene
 
@@ -43,8 +44,8 @@ def test_gpu_engine_matches_cpu(tiny_onnx: Path, tmp_path: Path, providers: list
         assert info.provider in GPU_PROVIDERS and not info.fallback
         image = make_scene(64, 64)
         for options in (SegmentOptions(), SegmentOptions(mode="slide", flip=True)):
-            on_gpu = asyncio.run(gpu.segment(None, image, options))
-            on_cpu = asyncio.run(cpu.segment(None, image, options))
+            on_gpu = asyncio.run(Segmenter(gpu).segment(image, options))
+            on_cpu = asyncio.run(Segmenter(cpu).segment(image, options))
             assert on_gpu.provider == info.provider
             np.testing.assert_array_equal(on_gpu.labels, on_cpu.labels)
         assert gpu._entry(None).use_io_binding  # GPU runs go through IO binding by default

@@ -258,9 +258,9 @@ def test_overloaded_is_503_with_retry_after(app_factory) -> None:
     release = threading.Event()
     original = entry.batcher._run_fn
 
-    def slow(images, outputs):
+    def slow(images, outputs, token):
         release.wait(10)
-        return original(images, outputs)
+        return original(images, outputs, token)
 
     entry.batcher._run_fn = slow
     try:
@@ -288,7 +288,7 @@ def test_unexpected_exception_is_generic_500_and_logged(
     async def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("secret internal detail")
 
-    engine.segment = broken  # type: ignore[method-assign]
+    client.app.state.segmenter.segment = broken
     response = post(client)
     assert response.status_code == 500
     assert response.json() == {"error": {"code": "internal", "message": "internal server error"}}
@@ -314,9 +314,9 @@ def test_slow_inference_is_504(app_factory) -> None:
     release = threading.Event()
     original = entry.batcher._run_fn
 
-    def slow(images, outputs):
+    def slow(images, outputs, token):
         release.wait(5)
-        return original(images, outputs)
+        return original(images, outputs, token)
 
     entry.batcher._run_fn = slow
     try:

@@ -55,12 +55,13 @@ def test_mmseg_options_and_image_output(client: TestClient) -> None:
         ("base_size=96", "only apply with tta"),
         ("tta=official&base_size=abc", "base_size must be a number or AxB"),
         ("tta=official&crop_size=96x64", "one number for crop_size"),
-        ("tta=official&crop_size=4", "crop_size must be within [8, 8192]"),
+        ("tta=official&crop_size=4", "crop_size must be within [16, 8192]"),
+        ("tta=official&crop_size=64&stride=4", "stride must be within [8, 8192]"),
+        ("tta=official&crop_size=128&stride=8", "raise stride"),
         ("tta=official&mode=slide", "mode=slide"),
         ("tta=official&max_size=64", "max_size does not apply"),
         ("tta=mmseg&base_size=96&flip=true", "base_size (the test pipeline's Resize scale) does not apply"),
         ("tta=mmseg&crop_size=16&stride=32", "must not exceed crop_size"),
-        ("tta=official&base_size=8192&scales=4", "more than the server's limit"),
         ("tta=official&model=plain", "has no 'logits' output"),
     ],
 )
@@ -122,8 +123,35 @@ def test_query_names_come_from_the_route_and_its_dependencies() -> None:
 
 def test_a_request_with_more_passes_than_the_queue_is_served(app_factory) -> None:  # type: ignore[no-untyped-def]
     """official at base 240, crop 16, flip: hundreds of windows through a queue of 2."""
-    client, _ = app_factory(max_queue=2)
+    client, _ = app_factory(max_queue=2, max_passes=2000)
     response = post(client, "tta=official&base_size=240&crop_size=16&scales=0.5,1&format=json")
     assert response.status_code == 200, response.text
     response = post(client, "mode=slide&scales=1,2&flip=true&format=json")
     assert response.status_code == 200, response.text
+
+
+@pytest.mark.parametrize(
+    ("query", "fragment"),
+    [
+        # the request that launched every window at once: refused by its cost before any work
+        ("tta=official&base_size=2048&crop_size=16&stride=8", "model passes; the server's limit is 256"),
+        ("tta=official&base_size=4096&scales=2", "max_pixels"),
+        ("mode=slide&scales=4,4,4,4&flip=true", "max_passes"),
+    ],
+)
+def test_requests_over_their_cost_are_413_naming_cost_and_limit(
+    client: TestClient, query: str, fragment: str
+) -> None:
+    response = post(client, query)
+    assert response.status_code == 413, response.text
+    message = response.json()["error"]["message"]
+    assert fragment in message
+    assert client.get("/readyz").status_code == 200
+
+
+def test_pixel_budget_over_all_passes_is_413(app_factory) -> None:  # type: ignore[no-untyped-def]
+    client, _ = app_factory(max_request_pixels=5000)
+    response = post(client, "scales=1,1.5&flip=true&format=json")
+    assert response.status_code == 413, response.text
+    assert "max_request_pixels" in response.json()["error"]["message"]
+    assert post(client, "format=json&max_size=32").status_code == 200

@@ -75,7 +75,12 @@ def test_model_metadata_ready_and_config(client: TestClient) -> None:
     assert client.get("/v2/models/tiny/ready").status_code == 200
     assert client.get("/v2/models/tiny/versions/1/ready").status_code == 200
     config = client.get("/v2/models/tiny/config").json()
-    assert config["input"][0] == {"name": "image", "data_type": "TYPE_UINT8", "dims": [-1, -1, 3]}
+    assert config["input"][0] == {
+        "name": "image",
+        "data_type": "TYPE_UINT8",
+        "format": "FORMAT_NHWC",
+        "dims": [-1, -1, 3],
+    }
 
 
 def test_errors_use_protocol_shape(client: TestClient) -> None:

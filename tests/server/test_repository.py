@@ -20,8 +20,9 @@ from pydantic import ValidationError
 
 from common.contract import DEFAULT_CHECKPOINT, DEFAULT_MODEL_NAME, DEFAULT_ONNX
 from export.triton import render_config, write_triton_model
-from server.engine import Engine, SegmentOptions
+from server.engine import Engine
 from server.errors import ModelLoadError, ModelNotFound
+from server.segmentation import Segmenter, SegmentOptions
 from server.settings import Settings
 from server.versions import VersionPolicy, parse_policy, policy_from_config, read_model_dir
 from tests.conftest import encode, make_scene
@@ -43,6 +44,7 @@ def repo_settings(repo: Path, **overrides: Any) -> dict[str, Any]:
 
 
 def engine_settings(repo: Path, **overrides: Any) -> Settings:
+    overrides.setdefault("infer_at_preferred_size", False)
     return Settings(model_repository=repo, providers=["CPUExecutionProvider"], warmup_sizes=[], **overrides)
 
 
@@ -125,7 +127,7 @@ def test_latest_two_versions_serve_and_the_newest_answers(tmp_path: Path) -> Non
     try:
         assert [v.version for v in engine.versions("tiny")] == ["2", "3"]
         assert engine.get_model("tiny").version == "3" and engine.default_model == "tiny"
-        result = asyncio.run(engine.segment(None, make_scene(), SegmentOptions(), version="2"))
+        result = asyncio.run(Segmenter(engine).segment(make_scene(), SegmentOptions(), version="2"))
         assert result.version == "2" and result.info is not None and result.info.classes == V2_CLASSES
         with pytest.raises(ModelNotFound, match="no ready version '1'"):
             engine.get_model("tiny", "1")

@@ -22,8 +22,8 @@ import pytest
 import torch
 
 from server.engine import Engine
+from server.segmentation import Segmenter, SegmentOptions
 from server.settings import Settings
-from server.tta import SegmentOptions
 from tests.server import tta_reference as ref
 
 MIN_AGREEMENT = 0.995
@@ -153,7 +153,7 @@ def scene(height: int, width: int, seed: int) -> np.ndarray:
 
 
 def segment(engine: Engine, model: str, image: np.ndarray, **options: Any) -> Any:
-    return asyncio.run(engine.segment(model, image, SegmentOptions(**options)))
+    return asyncio.run(Segmenter(engine).segment(image, SegmentOptions(**options), model=model))
 
 
 def agreement(a: np.ndarray, b: np.ndarray) -> float:

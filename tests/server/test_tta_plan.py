@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import pytest
 
-from server.errors import InvalidOption
-from server.tta import SegmentOptions, mmseg_ratio_size, mmseg_rescale, official_scale_size, plan_preset
+from server.errors import PayloadTooLarge
+from server.segmentation.cost import Limits
+from server.segmentation.options import SegmentOptions
+from server.segmentation.tta import mmseg_ratio_size, mmseg_rescale, official_scale_size, plan_preset
 
 CITYSCAPES = {"base_size": (2048, 2048), "crop_size": (768, 768)}
 
 
 def plan(options: SegmentOptions, defaults: dict[str, tuple[int, int]], size: tuple[int, int] = (1024, 2048)):
-    options.validate()
     return plan_preset(
-        options, size, defaults, preferred_size=(512, 512), align_corners=False, max_pixels=40_000_000
+        options,
+        size,
+        defaults,
+        preferred_size=(512, 512),
+        align_corners=False,
+        limits=Limits(40_000_000, 2048, 100_000_000, 256),
     )
 
 
@@ -31,8 +37,20 @@ def test_mmseg_defaults() -> None:
     tta = plan(SegmentOptions(tta="mmseg", scales=(0.5, 1.0)), {"base_size": (2048, 1024), **CITYSCAPES})
     assert tta.base_size is None  # the TTA pipeline resizes by ratios of the original image
     assert tta.crop_size == (768, 768) and tta.stride == (512, 512)
-    with pytest.raises(InvalidOption, match="more than the server's limit"):
+    with pytest.raises(PayloadTooLarge, match="max_pixels"):
         plan(SegmentOptions(tta="mmseg", scales=(4.0,)), {}, size=(4000, 4000))
+
+
+def test_preset_cost_counts_every_window_and_flip() -> None:
+    """The official Cityscapes evaluation (6 scales, flip, crop 768, stride 512) of a 1024x2048 image is 124
+    passes of 768x768 (73 M pixels): within the defaults; a stride of 96 is refused by its pass count."""
+    options = SegmentOptions(tta="official", scales=(0.5, 0.75, 1.0, 1.25, 1.5, 1.75))
+    plan(options, {"base_size": (2048, 2048), "crop_size": (768, 768), "stride": (512, 512)})
+    with pytest.raises(PayloadTooLarge, match=r"needs \d+ model passes; the server's limit is 256"):
+        plan(
+            SegmentOptions(tta="official", scales=(1.0, 1.75), crop_size=768, stride=96),
+            {"base_size": (2048, 2048)},
+        )
 
 
 def test_procedure_sizes() -> None:

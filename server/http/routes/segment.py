@@ -6,26 +6,15 @@ import asyncio
 import time
 from typing import Annotated, Any, Literal
 
-import numpy as np
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response
 
-from server.engine import SegmentResult
-from server.errors import InvalidOption
-from server.http.deps import EngineDep, SettingsDep
+from server.http.deps import SegmenterDep, SettingsDep
 from server.http.upload import UPLOAD_FIELDS, read_multipart_image
-from server.imaging import (
-    check_media_type,
-    class_stats,
-    colorize,
-    decode_image,
-    encode_png,
-    media_type,
-    overlay,
-    rle_encode,
-)
-from server.model import ModelInfo
-from server.tta import SegmentOptions
+from server.imaging import check_media_type, media_type
+from server.segmentation import SegmentOptions
+from server.segmentation.options import parse_scales, parse_size
+from server.segmentation.render import render
 
 router = APIRouter(tags=["segmentation"])
 
@@ -87,31 +76,6 @@ def negotiate_format(requested: str | None, accept: str | None) -> str:
     return "color"
 
 
-def parse_scales(text: str | None) -> tuple[float, ...]:
-    if text is None or not text.strip():
-        return (1.0,)
-    try:
-        return tuple(float(part) for part in text.split(",") if part.strip())
-    except ValueError as exc:
-        raise InvalidOption(f"scales must be comma-separated numbers, got {text!r}") from exc
-
-
-def parse_size_option(text: str | None, name: str) -> int | tuple[int, int] | None:
-    """``N`` or ``AxB`` (e.g. ``768``, ``2048x1024``)."""
-    if text is None or not text.strip():
-        return None
-    parts = text.lower().replace(",", "x").split("x")
-    try:
-        values = [int(p) for p in parts]
-    except ValueError:
-        values = []
-    if len(values) == 1:
-        return values[0]
-    if len(values) == 2:
-        return (values[0], values[1])
-    raise InvalidOption(f"{name} must be a number or AxB (e.g. 768 or 2048x1024), got {text!r}")
-
-
 _PRESET = "Only with `tta`; default: the model's eval metadata, else the procedure's own (see docs/rest.md)."
 
 
@@ -137,7 +101,7 @@ async def read_image_bytes(request: Request, max_bytes: int) -> tuple[bytes, str
 )
 async def segment(
     request: Request,
-    engine: EngineDep,
+    segmenter: SegmenterDep,
     settings: SettingsDep,
     model: Annotated[
         str | None, Query(description="Model name (default: the server's default model).")
@@ -206,20 +170,18 @@ async def segment(
         flip=flip,
         max_size=max_size,
         tta=tta,
-        base_size=parse_size_option(base_size, "base_size"),
-        crop_size=parse_size_option(crop_size, "crop_size"),
-        stride=parse_size_option(stride, "stride"),
+        base_size=parse_size(base_size, "base_size"),
+        crop_size=parse_size(crop_size, "crop_size"),
+        stride=parse_size(stride, "stride"),
     )
-    options.validate()
-    info = engine.admit(model, version)  # 404 / 503 before reading the body
+    info = segmenter.admit(model, version, options)  # 404 / 503 / 422 before reading the body
     data, declared = await read_image_bytes(request, settings.max_upload_bytes)
     t1 = time.perf_counter()
-    image = await asyncio.to_thread(decode_image, data, max_pixels=settings.max_pixels, content_type=declared)
+    image = await segmenter.decode(data, declared)
     decode_ms = (time.perf_counter() - t1) * 1000
-    result = await engine.segment(info.name, image, options, version=version)
-    info = result.info or info  # the version that answered (a swap may have happened meanwhile)
+    result = await segmenter.segment(image, options, model=info.name, version=version)
     t2 = time.perf_counter()
-    body, media = await asyncio.to_thread(_render, chosen, image, result, info, alpha, rle, options)
+    body, media = await asyncio.to_thread(render, chosen, image, result, options, alpha=alpha, rle=rle)
     timings = {"decode_ms": decode_ms, **result.timings, "encode_ms": (time.perf_counter() - t2) * 1000}
     timings["total_ms"] = (time.perf_counter() - t0) * 1000
     headers = {
@@ -228,54 +190,7 @@ async def segment(
         "X-Danet-Model-Version": result.version,
         "X-Danet-Inference-Ms": f"{result.timings.get('inference_ms', 0.0):.2f}",
     }
-    if chosen == "json":
-        assert isinstance(body, dict)
+    if isinstance(body, dict):
         body["timings"] = {k: round(v, 3) for k, v in timings.items()}
         return JSONResponse(body, headers=headers)
-    assert isinstance(body, bytes)
     return Response(body, media_type=media, headers=headers)
-
-
-def _render(
-    chosen: str,
-    image: np.ndarray,
-    result: SegmentResult,
-    info: ModelInfo,
-    alpha: float,
-    rle: bool,
-    options: SegmentOptions,
-) -> tuple[bytes | dict[str, Any], str]:
-    labels = result.labels
-    if chosen == "index":
-        return encode_png(labels), "image/png"
-    if chosen == "color":
-        if info.num_classes <= 256 and labels.dtype == np.uint8:
-            return encode_png(labels, palette=info.palette), "image/png"
-        return encode_png(colorize(labels, info.palette)), "image/png"
-    if chosen == "overlay":
-        return encode_png(overlay(image, labels, info.palette, alpha), level=1), "image/png"
-    stats = class_stats(labels, info.classes)
-    for entry in stats:
-        mask = labels == entry["id"]
-        if result.confidence is not None:
-            entry["mean_confidence"] = round(float(result.confidence[mask].mean()), 6)
-        if rle:
-            entry["rle"] = rle_encode(mask)
-    payload: dict[str, Any] = {
-        "model": result.model,
-        "version": result.version,
-        "provider": result.provider,
-        "width": int(labels.shape[1]),
-        "height": int(labels.shape[0]),
-        "inference_size": list(result.inference_size),
-        "mode": options.mode,
-        "scales": list(options.scales),
-        "flip": options.use_flip,
-        "num_classes": info.num_classes,
-        "classes": stats,
-    }
-    if result.preset is not None:
-        payload["tta"] = result.preset
-    if result.confidence is not None:
-        payload["mean_confidence"] = round(float(result.confidence.mean()), 6)
-    return payload, "application/json"

@@ -28,105 +28,89 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Awaitable, Callable
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 from server.errors import InvalidOption
 from server.imaging import resize_rgb
-from server.tiling import labels_and_confidence, resize_image, resize_logits, scaled_size, slide_windows
+from server.segmentation.cost import Cost, Limits, check_picture, official_grid, slide_grid
+from server.segmentation.options import MIN_INPUT, PRESETS, SegmentOptions, Size, check_stride, pair
+from server.segmentation.tiling import (
+    labels_and_confidence,
+    resize_image,
+    resize_logits,
+    scaled_size,
+    slide_windows,
+)
 
-__all__ = ["MODES", "PRESETS", "LogitsFn", "SegmentOptions", "Size", "official", "mmseg", "own_logits"]
+__all__ = [
+    "IN_FLIGHT",
+    "LogitsFn",
+    "PresetPlan",
+    "mmseg",
+    "official",
+    "own_logits",
+    "plan_preset",
+    "run_preset",
+]
 
-MODES = ("whole", "slide")
-PRESETS = ("official", "mmseg")
-MAX_SCALES = 8
-MIN_INPUT = 8  # smallest side a DANet graph accepts
-MAX_SIDE = 8192  # base / crop sizes beyond this are refused (a 2048 base at scale 4 is the most used)
 OFFICIAL_STRIDE_RATE = 2.0 / 3.0
 # exp() of float32 overflows above ~88.7; the official scores stay exact below this and are shifted above
 _EXP_LIMIT = 80.0
+#: passes of one request in flight at once: enough for the batcher to merge windows, few enough that one
+#: request's windows, copies and logits stay a small, fixed amount of memory whatever its size
+IN_FLIGHT = 4
 
-Size = tuple[int, int]
 #: one uint8 picture [h, w, 3] -> its float32 logits [C, h, w] (through the engine's queue and batcher)
 LogitsFn = Callable[[np.ndarray], Awaitable[np.ndarray]]
+T = TypeVar("T")
+R = TypeVar("R")
 
 
-def _pair(value: int | Size | None, name: str) -> Size | None:
-    """A size option as (a, b): one number means a square (official) or an equal bound (mmseg)."""
-    if value is None:
-        return None
-    pair = (int(value), int(value)) if isinstance(value, int) else (int(value[0]), int(value[1]))
-    low = 1 if name == "stride" else MIN_INPUT
-    if not all(low <= v <= MAX_SIDE for v in pair):
-        shown = value if isinstance(value, int) else f"{pair[0]}x{pair[1]}"
-        raise InvalidOption(f"{name} must be within [{low}, {MAX_SIDE}], got {shown}")
-    return pair
+async def bounded(
+    items: Sequence[T], work: Callable[[T], Awaitable[R]], limit: int = IN_FLIGHT
+) -> AsyncIterator[tuple[T, R]]:
+    """``(item, await work(item))`` in the items' order, at most ``limit`` running at once.
+
+    A request is cancelled between passes: cancelling the caller cancels the passes still in flight (each
+    leaves the engine's queue, or stops its onnxruntime run), and the ones not started never start."""
+    pending: deque[tuple[T, asyncio.Future[R]]] = deque()
+    try:
+        for item in items:
+            pending.append((item, asyncio.ensure_future(work(item))))
+            if len(pending) >= limit:
+                first, task = pending.popleft()
+                yield first, await task
+        while pending:
+            first, task = pending.popleft()
+            yield first, await task
+    finally:
+        for _, task in pending:
+            task.cancel()
 
 
-@dataclass(frozen=True)
-class SegmentOptions:
-    """What a client may ask of ``Engine.segment``; ``None`` means "the procedure's default"."""
+class _Sum:
+    """A running element-wise sum (the first part is copied; the parts are left as they are)."""
 
-    mode: str = "whole"  # "whole" | "slide" (this project's procedure)
-    scales: tuple[float, ...] = (1.0,)
-    flip: bool | None = None  # default: True for tta=official (MultiEvalModule's default), else False
-    max_size: int | None = None  # longest inference side; None = the server's max_inference_size
-    tta: str | None = None  # None | "official" | "mmseg"
-    base_size: int | Size | None = None  # official: long side at scale 1; mmseg: Resize scale (long, short)
-    crop_size: int | Size | None = None  # (height, width); mmseg: None = whole-image inference
-    stride: int | Size | None = None  # (height, width)
+    def __init__(self) -> None:
+        self.total: np.ndarray | None = None
+        self.count = 0
 
-    def validate(self) -> None:
-        if self.mode not in MODES:
-            raise InvalidOption(f"mode must be one of {list(MODES)}, got {self.mode!r}")
-        if not self.scales or len(self.scales) > MAX_SCALES:
-            raise InvalidOption(f"scales must list 1 to {MAX_SCALES} values, got {len(self.scales)}")
-        for scale in self.scales:
-            if not (0.1 <= scale <= 4.0):
-                raise InvalidOption(f"each scale must be within [0.1, 4.0], got {scale}")
-        if self.max_size is not None and self.max_size < 8:
-            raise InvalidOption(f"max_size must be >= 8, got {self.max_size}")
-        if self.tta is None:
-            given = [n for n in ("base_size", "crop_size", "stride") if getattr(self, n) is not None]
-            if given:
-                raise InvalidOption(f"{', '.join(given)} only apply with tta={'|'.join(PRESETS)}")
-            return
-        if self.tta not in PRESETS:
-            raise InvalidOption(f"tta must be one of {list(PRESETS)}, got {self.tta!r}")
-        if self.mode != "whole":
-            raise InvalidOption(
-                f"mode={self.mode} is this project's procedure; with tta={self.tta} the procedure decides "
-                "whole or sliding inference from crop_size"
-            )
-        if self.max_size is not None:
-            raise InvalidOption(f"max_size does not apply with tta={self.tta}: base_size sets the sizes")
-        base, crop, stride = (_pair(getattr(self, n), n) for n in ("base_size", "crop_size", "stride"))
-        if self.tta == "official":
-            for name, pair in (("base_size", base), ("crop_size", crop), ("stride", stride)):
-                if pair is not None and pair[0] != pair[1]:
-                    raise InvalidOption(f"tta=official takes one number for {name}, got {pair[0]}x{pair[1]}")
-        elif base is not None and self.augmented:
-            raise InvalidOption(
-                "tta=mmseg with scales or flip is MMSegmentation's TTA pipeline, which resizes by ratios "
-                "of the original image: base_size (the test pipeline's Resize scale) does not apply"
-            )
-        if stride is not None and crop is not None and (stride[0] > crop[0] or stride[1] > crop[1]):
-            raise InvalidOption(f"stride {stride} must not exceed crop_size {crop}")
+    def add(self, part: np.ndarray) -> None:
+        if self.total is None:
+            self.total = part.copy()
+        else:
+            self.total += part
+        self.count += 1
 
-    @property
-    def augmented(self) -> bool:
-        return bool(self.flip) or tuple(self.scales) != (1.0,)
-
-    @property
-    def use_flip(self) -> bool:
-        return self.flip if self.flip is not None else self.tta == "official"
-
-    @property
-    def needs_logits(self) -> bool:
-        return self.tta is not None or self.mode == "slide" or self.use_flip or tuple(self.scales) != (1.0,)
+    def mean(self) -> np.ndarray:
+        assert self.total is not None
+        self.total /= self.count
+        return self.total
 
 
 # --- this project's procedure ----------------------------------------------------------------------
@@ -134,15 +118,21 @@ async def slide_logits(picture: np.ndarray, run: LogitsFn, crop: Size, stride: S
     """Overlapping windows (shifted inside the picture), logits averaged where they overlap."""
     height, width = picture.shape[:2]
     windows = slide_windows(height, width, crop, stride)
-    results = await asyncio.gather(
-        *(run(np.ascontiguousarray(picture[y0:y1, x0:x1])) for y0, y1, x0, x1 in windows)
-    )
-    total = np.zeros((results[0].shape[0], height, width), dtype=np.float32)
+
+    def window(box: tuple[int, int, int, int]) -> Awaitable[np.ndarray]:
+        y0, y1, x0, x1 = box
+        return run(np.ascontiguousarray(picture[y0:y1, x0:x1]))
+
+    total: np.ndarray | None = None
     count = np.zeros((height, width), dtype=np.float32)
-    for (y0, y1, x0, x1), logits in zip(windows, results, strict=True):
+    async for (y0, y1, x0, x1), logits in bounded(windows, window):
+        if total is None:
+            total = np.zeros((logits.shape[0], height, width), dtype=np.float32)
         total[:, y0:y1, x0:x1] += logits
         count[y0:y1, x0:x1] += 1.0
-    return total / count[None]
+    assert total is not None
+    total /= count[None]
+    return total
 
 
 async def own_logits(
@@ -151,7 +141,8 @@ async def own_logits(
     """Mean of logits over scales x flips, each resized to the work size."""
     height, width = work.shape[:2]
 
-    async def one(scale: float, flip: bool) -> np.ndarray:
+    async def one(variant: tuple[float, bool]) -> np.ndarray:
+        scale, flip = variant
         size = (height, width) if scale == 1.0 else scaled_size(height, width, scale)
         picture = resize_rgb(work, size)
         if flip:
@@ -162,17 +153,10 @@ async def own_logits(
         return await asyncio.to_thread(resize_logits, logits, (height, width))
 
     flips = (False, True) if options.use_flip else (False,)
-    parts = await asyncio.gather(*(one(s, f) for s in options.scales for f in flips))
-    return _mean(parts)
-
-
-def _mean(parts: list[np.ndarray]) -> np.ndarray:
-    """Element-wise mean of same-shape arrays (a new array; the parts are left as they are)."""
-    total = parts[0].copy()
-    for part in parts[1:]:
-        total += part
-    total /= len(parts)
-    return total
+    fused = _Sum()
+    async for _, logits in bounded([(s, f) for s in options.scales for f in flips], one, 2):
+        fused.add(logits)
+    return fused.mean()
 
 
 # --- official DANet / PyTorch-Encoding MultiEvalModule --------------------------------------------
@@ -197,6 +181,49 @@ def official_scale_size(height: int, width: int, base: int, scale: float) -> tup
     return new_h, new_w, long_size, short_size
 
 
+def official_windows(
+    new_h: int, new_w: int, crop: int, stride: int
+) -> tuple[Size, list[tuple[int, int, int, int]]]:
+    """The canvas (the picture padded as MultiEvalModule pads it) and its windows, for one scale's size."""
+    if max(new_h, new_w) <= crop:
+        return (new_h, new_w), [(0, new_h, 0, new_w)]
+    ph, pw = (max(new_h, crop), max(new_w, crop)) if min(new_h, new_w) < crop else (new_h, new_w)
+    h_grids = int(math.ceil(1.0 * (ph - crop) / stride)) + 1
+    w_grids = int(math.ceil(1.0 * (pw - crop) / stride)) + 1
+    windows = []
+    for idh in range(h_grids):
+        for idw in range(w_grids):
+            h0, w0 = idh * stride, idw * stride
+            windows.append((h0, min(h0 + crop, ph), w0, min(w0 + crop, pw)))
+    return (ph, pw), windows
+
+
+class _ShiftedSum:
+    """A running sum of ``exp(x)`` parts kept in float32 range: every part and the total are scaled by
+    ``exp(-shift)``, the shift rising (and the total rescaled) only when a part's peak exceeds _EXP_LIMIT,
+    where the reference itself would have overflowed."""
+
+    def __init__(self) -> None:
+        self.total: np.ndarray | None = None
+        self.shift = 0.0
+
+    def rebase(self, peak: float) -> None:
+        shift = max(self.shift, peak - _EXP_LIMIT)
+        if shift > self.shift and self.total is not None:
+            self.total *= np.float32(math.exp(self.shift - shift))
+        self.shift = shift
+
+    def add(self, part: np.ndarray, part_shift: float = 0.0) -> None:
+        """Add ``part`` (already scaled by ``exp(-part_shift)``)."""
+        self.rebase(part_shift + _EXP_LIMIT)
+        if part_shift != self.shift:
+            part = part * np.float32(math.exp(part_shift - self.shift))
+        if self.total is None:
+            self.total = part.copy()
+        else:
+            self.total += part
+
+
 async def official(
     image: np.ndarray,
     run: LogitsFn,
@@ -207,69 +234,52 @@ async def official(
     scales: tuple[float, ...],
     flip: bool,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Labels [H, W] and confidence (the summed scores, normalised per pixel) of the official evaluation."""
+    """Labels [H, W] and confidence (the summed scores, normalised per pixel) of the official evaluation.
+
+    Windows are scored a few at a time and summed as they come, one scale after the other: memory stays
+    one scale's canvas of scores and a few windows, whatever the number of windows."""
     height, width = image.shape[:2]
     crop = crop_size
 
-    async def window_args(window: np.ndarray) -> np.ndarray:
+    async def window_args(box: tuple[int, int, int, int], canvas: np.ndarray) -> np.ndarray:
         """``logits + flip(logits of the flipped window)``: the official score is exp of this."""
-        padded = np.ascontiguousarray(_pad_to(window, crop))
+        y0, y1, x0, x1 = box
+        padded = np.ascontiguousarray(_pad_to(canvas[y0:y1, x0:x1], crop))
         if not flip:
             return await run(padded)
         plain, mirrored = await asyncio.gather(run(padded), run(np.ascontiguousarray(padded[:, ::-1])))
         return plain + mirrored[:, :, ::-1]
 
     async def one_scale(scale: float) -> tuple[np.ndarray, float]:
-        new_h, new_w, long_size, short_size = official_scale_size(height, width, base_size, scale)
+        new_h, new_w = official_scale_size(height, width, base_size, scale)[:2]
         picture = await asyncio.to_thread(resize_image, image, (new_h, new_w), True)
-        if long_size <= crop:
-            windows = [(0, new_h, 0, new_w)]
-            canvas = picture
-        else:
-            canvas = _pad_to(picture, crop) if short_size < crop else picture
-            ph, pw = canvas.shape[:2]
-            h_grids = int(math.ceil(1.0 * (ph - crop) / stride)) + 1
-            w_grids = int(math.ceil(1.0 * (pw - crop) / stride)) + 1
-            windows = []
-            for idh in range(h_grids):
-                for idw in range(w_grids):
-                    h0, w0 = idh * stride, idw * stride
-                    windows.append((h0, min(h0 + crop, ph), w0, min(w0 + crop, pw)))
-        args = await asyncio.gather(*(window_args(canvas[y0:y1, x0:x1]) for y0, y1, x0, x1 in windows))
-        return await asyncio.to_thread(_official_scores, args, windows, canvas.shape[:2], (new_h, new_w))
+        (ph, pw), windows = official_windows(new_h, new_w, crop, stride)
+        canvas = _pad_to(picture, crop) if (ph, pw) != (new_h, new_w) else picture
+        scores = _ShiftedSum()
+        count = np.zeros((ph, pw), dtype=np.float32)
+        async for (y0, y1, x0, x1), arg in bounded(windows, lambda box: window_args(box, canvas)):
+            exponent = arg[:, : y1 - y0, : x1 - x0]
+            scores.rebase(float(exponent.max()))
+            if scores.total is None:
+                scores.total = np.zeros((arg.shape[0], ph, pw), dtype=np.float32)
+            scores.total[:, y0:y1, x0:x1] += np.exp(exponent - scores.shift if scores.shift else exponent)
+            count[y0:y1, x0:x1] += 1.0
+        assert scores.total is not None
+        averaged = (scores.total / count[None])[:, :new_h, :new_w]
+        return await asyncio.to_thread(resize_logits, averaged, (height, width), True), scores.shift
 
-    parts = await asyncio.gather(*(one_scale(s) for s in scales))
-    top = max(shift for _, shift in parts)
+    fused = _ShiftedSum()
+    async for _, (resized, shift) in bounded(scales, one_scale, 1):
+        fused.add(resized, shift)
+    total = fused.total
+    assert total is not None
 
     def fuse() -> tuple[np.ndarray, np.ndarray]:
-        total: np.ndarray | None = None
-        for scores, shift in parts:
-            resized = resize_logits(scores, (height, width), align_corners=True)
-            if shift != top:
-                resized *= np.float32(math.exp(shift - top))
-            total = resized if total is None else total + resized
-        assert total is not None
         labels = total.argmax(axis=0)
         confidence = np.take_along_axis(total, labels[None], axis=0)[0] / np.maximum(total.sum(axis=0), 1e-30)
         return labels, confidence.astype(np.float32)
 
     return await asyncio.to_thread(fuse)
-
-
-def _official_scores(
-    args: list[np.ndarray], windows: list[tuple[int, int, int, int]], canvas: Size, picture: Size
-) -> tuple[np.ndarray, float]:
-    """exp-scores averaged over windows, cut to the picture; plus the shift subtracted from every exponent
-    (0 unless some exceeded float32's range, where the reference itself would have overflowed)."""
-    peak = max(float(a.max()) for a in args)
-    shift = max(0.0, peak - _EXP_LIMIT)
-    total = np.zeros((args[0].shape[0], *canvas), dtype=np.float32)
-    count = np.zeros(canvas, dtype=np.float32)
-    for (y0, y1, x0, x1), arg in zip(windows, args, strict=True):
-        exponent = arg[:, : y1 - y0, : x1 - x0]
-        total[:, y0:y1, x0:x1] += np.exp(exponent - shift if shift else exponent)
-        count[y0:y1, x0:x1] += 1.0
-    return (total / count[None])[:, : picture[0], : picture[1]], shift
 
 
 # --- MMSegmentation 1.x ---------------------------------------------------------------------------
@@ -330,12 +340,15 @@ async def mmseg(
         return _softmax(resized) if augmented else resized
 
     flips = (False, True) if flip else (False,)
-    parts = await asyncio.gather(*(one(size, f) for size in sizes for f in flips))
+    fused = _Sum()
+    async for _, part in bounded([(size, f) for size in sizes for f in flips], lambda v: one(*v), 2):
+        fused.add(part)
 
     def fuse() -> tuple[np.ndarray, np.ndarray]:
         if not augmented:
-            return labels_and_confidence(parts[0])
-        total = _mean(parts)
+            assert fused.total is not None
+            return labels_and_confidence(fused.total)
+        total = fused.mean()
         labels = total.argmax(axis=0)
         return labels, np.take_along_axis(total, labels[None], axis=0)[0]
 
@@ -380,13 +393,13 @@ def plan_preset(
     *,
     preferred_size: Size | None,
     align_corners: bool,
-    max_pixels: int,
+    limits: Limits,
 ) -> PresetPlan:
     """Fill the preset's parameters: the request, then the model's eval metadata, then the procedure's."""
     assert options.tta in PRESETS
-    base = _pair(options.base_size, "base_size")
-    crop = _pair(options.crop_size, "crop_size")
-    stride = _pair(options.stride, "stride")
+    base = pair(options.base_size, "base_size")
+    crop = pair(options.crop_size, "crop_size")
+    stride = pair(options.stride, "stride")
     if options.tta == "official":
         base = base or defaults.get("base_size") or (max(image_size),) * 2
         crop = crop or defaults.get("crop_size") or (max(preferred_size or (512, 512)),) * 2
@@ -402,25 +415,34 @@ def plan_preset(
         else:
             stride = None
         plan_align = align_corners
-    if crop is not None and stride is not None and (stride[0] > crop[0] or stride[1] > crop[1]):
-        raise InvalidOption(f"stride {list(stride)} must not exceed crop_size {list(crop)}")
+    if crop is not None and stride is not None:
+        check_stride(crop, stride)
     height, width = image_size
     if options.tta == "official":
         assert base is not None
         sizes = [official_scale_size(height, width, base[0], s)[:2] for s in options.scales]
     else:
         sizes = mmseg_sizes(height, width, base, tuple(options.scales), options.augmented)
+    what = f"tta={options.tta} on a {height}x{width} image"
+    cost = Cost()
+    flips = 2 if options.use_flip else 1
     for size in sizes:
         if min(size) < (1 if options.tta == "official" else MIN_INPUT):
             raise InvalidOption(
                 f"tta={options.tta} resizes the {height}x{width} image to {size[0]}x{size[1]}; "
                 f"the model needs at least {MIN_INPUT} pixels a side"
             )
-        if size[0] * size[1] > max_pixels:
-            raise InvalidOption(
-                f"tta={options.tta} resizes the {height}x{width} image to {size[0]}x{size[1]}, more than "
-                f"the server's limit of {max_pixels} pixels; lower base_size or the scales"
-            )
+        check_picture(size, limits, what)
+        if options.tta == "official":
+            assert crop is not None and stride is not None
+            cost.add(crop, flips * official_grid(size[0], size[1], crop[0], stride[0]))
+        elif crop is None:
+            cost.add(size, flips)
+        else:
+            assert stride is not None
+            windows, window = slide_grid(size[0], size[1], crop, stride)
+            cost.add(window, flips * windows)
+    cost.check(limits, what)
     return PresetPlan(
         tta=options.tta,
         base_size=base,
