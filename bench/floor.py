@@ -32,6 +32,8 @@ def make_session(model: Path, providers: Sequence[ProviderSpec], threads: int) -
 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # errors only: the optimiser's "Removing initializer ..." notes are noise on a benchmark's console
+    options.log_severity_level = 3
     if threads > 0:
         options.intra_op_num_threads = threads
     available = set(ort.get_available_providers())

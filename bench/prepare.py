@@ -126,7 +126,9 @@ def _has_logits(model: Path) -> bool:
 
     from common.contract import OUTPUT_LOGITS
 
-    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors only (no optimiser notes on the console)
+    session = ort.InferenceSession(str(model), sess_options=options, providers=["CPUExecutionProvider"])
     return any(o.name == OUTPUT_LOGITS for o in session.get_outputs())
 
 

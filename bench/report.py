@@ -1,4 +1,4 @@
-"""Benchmark results: rows, ratios to the floor, the issue's targets, and the markdown/JSON renderings.
+"""Benchmark results: rows, ratios to the floor, the performance targets, and the markdown/JSON renderings.
 
 Every measured path is one :class:`Row` per (model, size, path). Ratios are computed here, after all
 measurements, against the fp32 floor of the same model and size. Targets come out PASS or MISS with
@@ -158,7 +158,7 @@ def _reference_size(rows: Sequence[Row], model: str) -> tuple[int, int] | None:
 
 
 def evaluate_targets(rows: Sequence[Row]) -> list[Target]:
-    """The targets of issue 7, per model, at 512x512 (or the smallest size run) unless stated."""
+    """The performance targets, per model, at 512x512 (or the smallest size run) unless stated."""
     targets: list[Target] = []
     for model in _models(rows):
         size = _reference_size(rows, model)
@@ -357,7 +357,7 @@ def markdown(
         lines.append("| " + " | ".join(cells) + " |")
     lines += [
         "",
-        "### Targets (issues 7 and 15)",
+        "### Targets",
         "",
         "| target | required | measured | result |",
         "|---|---|---|---|",
