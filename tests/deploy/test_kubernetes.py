@@ -6,6 +6,7 @@ import copy
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from common.contract import DEFAULT_GRPC_PORT, DEFAULT_HTTP_PORT
 from server.settings import Settings
@@ -80,10 +81,30 @@ def test_env_names_are_settings_and_agree_with_ports(
     for key, value in env.items():
         if key != "DANET_API_KEY":  # from a Secret
             monkeypatch.setenv(key, value)
+    with pytest.raises(ValidationError, match="require_api_key"):
+        Settings()  # the manifest refuses to run without the Secret's key
+    monkeypatch.setenv("DANET_API_KEY", "from-the-secret")
     settings = Settings()
+    assert settings.require_api_key and settings.metrics_public
     assert (settings.http_port, settings.grpc_port) == (DEFAULT_HTTP_PORT, DEFAULT_GRPC_PORT)
     mounts = {m["mountPath"] for m in container["volumeMounts"]}
     assert str(settings.trt_cache_dir) in mounts and "/tmp" in mounts  # writable under a read-only root
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_api_key_secret_is_required(
+    overlay: str, k8s_objects: dict[str, dict[str, dict[str, Any]]]
+) -> None:
+    container = _container(k8s_objects[overlay])
+    [key] = [item for item in container["env"] if item["name"] == "DANET_API_KEY"]
+    reference = key["valueFrom"]["secretKeyRef"]
+    assert reference["name"] == "danet-serve" and reference["key"] == "api-key"
+    assert (
+        reference.get("optional", False) is False
+    )  # a missing Secret stops the pod instead of disabling auth
+    template = k8s_objects[overlay]["Deployment"]["spec"]["template"]
+    assert template["metadata"]["annotations"]["prometheus.io/path"] == "/metrics"
+    assert _env(container)["DANET_METRICS_PUBLIC"] == "true"  # the annotated scrape sends no key
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)

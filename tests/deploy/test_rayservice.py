@@ -128,7 +128,7 @@ def test_serve_config_is_the_same_application_with_one_gpu_per_replica(rayservic
         local_app.import_path,
         local_app.route_prefix,
     )
-    assert Settings(**app.args).require_gpu
+    assert Settings(**{**app.args, "api_key": "from-the-secret"}).require_gpu
     (deployment,) = app.deployments
     assert deployment.name == local_app.deployments[0].name
     assert deployment.ray_actor_options.num_gpus == 1
@@ -144,3 +144,40 @@ def test_serve_config_is_the_same_application_with_one_gpu_per_replica(rayservic
         >= deployment.autoscaling_config["max_replicas"]
     )
     assert workers["minReplicas"] >= deployment.autoscaling_config["min_replicas"]
+
+
+NETWORK_POLICY = RAYSERVICE.with_name("networkpolicy.yaml")
+
+
+def test_ray_containers_run_without_privileges_and_need_the_api_key(rayservice: dict[str, Any]) -> None:
+    serve = yaml.safe_load(rayservice["spec"]["serveConfigV2"])
+    (app,) = serve["applications"]
+    assert app["args"]["require_api_key"] is True  # no key: every replica refuses to start
+    for name, template in pod_templates(rayservice).items():
+        pod = template["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True, name
+        assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault", name
+        for container in pod["containers"]:
+            security = container["securityContext"]
+            assert security["allowPrivilegeEscalation"] is False, name
+            assert security["capabilities"]["drop"] == ["ALL"], name
+            [key] = [e for e in container["env"] if e["name"] == "DANET_API_KEY"]
+            reference = key["valueFrom"]["secretKeyRef"]
+            assert (reference["name"], reference["key"]) == ("danet-serve", "api-key")
+            assert reference.get("optional", False) is False, name
+
+
+def test_only_the_operator_reaches_the_dashboard(rayservice: dict[str, Any]) -> None:
+    policy = yaml.safe_load(NETWORK_POLICY.read_text(encoding="utf-8"))
+    assert sc.kubernetes_errors([policy]) == []
+    assert policy["spec"]["podSelector"]["matchLabels"] == {"ray.io/node-type": "head"}
+    dashboard = rayservice["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+    port = next(p["containerPort"] for p in dashboard["ports"] if p["name"] == "dashboard")
+    rules = policy["spec"]["ingress"]
+    open_ports = {p["port"] for rule in rules if "from" not in rule for p in rule["ports"]}
+    assert port not in open_ports  # nobody but the selected peers
+    [operator_rule] = [rule for rule in rules if "from" in rule]
+    assert [p["port"] for p in operator_rule["ports"]] == [port]
+    assert operator_rule["from"][0]["podSelector"]["matchLabels"] == {
+        "app.kubernetes.io/name": "kuberay-operator"
+    }
