@@ -10,24 +10,32 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import logging
 import signal
+import socket
 import sys
 from collections.abc import Iterator, Sequence
-from typing import Any
+from pathlib import Path
+from typing import Any, NoReturn
 
 import uvicorn
 from pydantic import ValidationError
 
+from common.contract import DEFAULT_GRPC_PORT, DEFAULT_HTTP_PORT
 from server import __version__
 from server.engine import Engine
 from server.errors import ModelLoadError
+from server.flags import add_settings_flags, explain, flag_name, overrides_from
 from server.http.app import create_app
 from server.http.protocol import guarded_protocol
 from server.logging import configure_logging
 from server.settings import Settings
 
 logger = logging.getLogger("server.main")
+
+#: Exit status of usage errors (bad flags, bad settings, missing files), as argparse uses.
+USAGE_ERROR = 2
 
 
 class _Uvicorn(uvicorn.Server):
@@ -39,92 +47,130 @@ class _Uvicorn(uvicorn.Server):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    """Every ``Settings`` field as a flag (generated: new settings need no edit here)."""
+    parser = _Parser(
         prog="danet-serve",
-        description="Serve DANet segmentation models (ONNX) over REST and gRPC. "
-        "Every option can also be set with a DANET_<OPTION> environment variable.",
+        usage="%(prog)s [OPTION ...]",
+        description="Serve DANet segmentation models (ONNX) over REST and gRPC. Every option can also be "
+        "set with the DANET_<OPTION> environment variable named in its help; a flag beats the variable, "
+        "the variable beats the default. No options = the embedded default model on ports "
+        f"{DEFAULT_HTTP_PORT} (HTTP) and {DEFAULT_GRPC_PORT} (gRPC) on all interfaces.",
+        allow_abbrev=False,  # new settings must not make an abbreviation in a script ambiguous
     )
-    add = parser.add_argument
-    add("--version", action="version", version=f"danet-serve {__version__}")
-    add("--host", help="interface to bind (default 0.0.0.0)")
-    add("--http-port", type=int, help="HTTP port (default 8000; 0 = any free port)")
-    add("--grpc-port", type=int, help="gRPC port (default 8001; 0 = any free port; -1 = no gRPC)")
-    add("--model", dest="models", action="append", metavar="PATH", help="ONNX file or directory (repeatable)")
-    add("--default-model", help="model used when a request names none")
-    add("--model-repository", metavar="DIR", help="Triton-style repository DIR/<name>/<version>/model.onnx")
-    add(
-        "--model-control-mode",
-        choices=["none", "explicit", "poll"],
-        help="none = load at start only (default); explicit = load/unload through the repository API; "
-        "poll = re-scan the repository every --repository-poll-s seconds",
-    )
-    add(
-        "--load-model",
-        dest="load_models",
-        action="append",
-        metavar="NAME",
-        help="model to load at start in explicit mode (repeatable; '*' = all)",
-    )
-    add("--repository-poll-s", type=float, metavar="SECONDS", help="seconds between scans in poll mode (15)")
-    add("--version-policy", metavar="POLICY", help="latest:N (default latest:1), all, or specific:1,3")
-    add("--api-key", help="require this API key (Authorization: Bearer or X-API-Key)")
-    add(
-        "--provider",
-        dest="providers",
-        action="append",
-        metavar="NAME",
-        help="onnxruntime execution provider, in priority order (repeatable)",
-    )
-    add("--require-gpu", action="store_const", const=True, help="refuse to start without a GPU provider")
-    add("--workers", type=int, help="inference threads per model")
-    add("--batching", choices=["auto", "on", "off"], help="dynamic batching (auto = on for GPU providers)")
-    add("--max-batch-size", type=int, help="largest dynamic batch")
-    add("--batch-delay-ms", type=float, help="how long a batch waits for more requests")
-    add("--max-queue", type=int, help="queued requests per model before 503")
-    add("--max-upload-bytes", type=int, help="largest request body")
-    add("--max-pixels", type=int, help="largest image (width x height)")
-    add("--max-inference-size", type=int, help="longest side used for inference")
-    add(
-        "--warmup-size",
-        dest="warmup_sizes",
-        action="append",
-        metavar="HxW",
-        help="shape bucket to warm up (repeatable; 'preferred' = the model's size)",
-    )
-    add("--intra-op-threads", type=int, help="onnxruntime intra-op threads")
-    add("--cors-origin", dest="cors_origins", action="append", metavar="ORIGIN", help="allowed CORS origin")
-    add("--log-format", choices=["json", "text"], help="log format (default json)")
-    add("--log-level", help="log level (default INFO)")
+    parser.add_argument("--version", action="version", version=f"danet-serve {__version__}")
+    add_settings_flags(parser, Settings)
     return parser
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with usage errors in one line (exit status 2, as argparse)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(USAGE_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+class StartupError(Exception):
+    """A start-up problem explained in one line (the message), with the exit status to use."""
+
+    def __init__(self, message: str, status: int = 1) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 def load_settings(argv: Sequence[str] | None = None) -> Settings:
     args = build_parser().parse_args(argv)
-    overrides: dict[str, Any] = {k: v for k, v in vars(args).items() if v is not None}
-    return Settings(**overrides)
+    return Settings(**overrides_from(args, Settings))
+
+
+#: Path settings that must exist before start-up (the others, e.g. the TensorRT cache, are created).
+_MUST_EXIST = ("models", "model_repository", "grpc_tls_cert", "grpc_tls_key")
+
+
+def check_settings(settings: Settings) -> None:
+    """Usage problems that validation cannot see (the file system, two servers on one port)."""
+    for name in _MUST_EXIST:
+        value = getattr(settings, name)
+        flag = flag_name(name).removesuffix("s") if isinstance(value, list) else flag_name(name)  # --model
+        for path in value if isinstance(value, list) else [value]:
+            if path is not None and not Path(path).expanduser().exists():
+                raise StartupError(f"{flag} {path}: no such file or directory", status=USAGE_ERROR)
+    if settings.http_port and settings.http_port == settings.grpc_port:
+        raise StartupError(
+            f"--http-port and --grpc-port are both {settings.http_port}; give them different ports",
+            status=USAGE_ERROR,
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = load_settings(argv)
+        check_settings(settings)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        print(f"danet-serve: invalid configuration: {problems}", file=sys.stderr)  # noqa: T201
-        return 2
+        return _fail(f"invalid setting: {explain(exc, Settings)}", USAGE_ERROR)
+    except StartupError as exc:
+        return _fail(str(exc), exc.status)
     configure_logging(settings.log_format, settings.log_level)
     try:
         return asyncio.run(serve(settings))
-    except ModelLoadError as exc:
-        logger.error("cannot start: %s", exc)
-        print(f"danet-serve: error: {exc}", file=sys.stderr)  # noqa: T201
-        return 1
+    except (ModelLoadError, StartupError) as exc:
+        return _fail(str(exc), getattr(exc, "status", 1))
     except KeyboardInterrupt:
         return 130
 
 
+def _fail(message: str, status: int) -> int:
+    """The one line a start-up problem gets (plain text on stderr, whatever the log format)."""
+    print(f"danet-serve: error: {' '.join(message.split())}", file=sys.stderr)  # noqa: T201
+    return status
+
+
+def _bind(host: str, port: int, what: str) -> socket.socket:
+    """A TCP socket bound to ``host:port`` (as uvicorn binds), or a StartupError saying how to change it."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family=family, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise StartupError(bind_problem(what, host, port, exc)) from exc
+    return sock
+
+
+def bind_problem(what: str, host: str, port: int, exc: BaseException) -> str:
+    """One line: which address could not be bound, why, and the flag / variable / make line to change it."""
+    code = getattr(exc, "errno", None)
+    if code == errno.EADDRNOTAVAIL or isinstance(exc, socket.gaierror):
+        return (
+            f"cannot listen on host {host!r}: it is not an address of this machine; choose another with "
+            "--host ADDRESS or DANET_HOST=ADDRESS (127.0.0.1 = this machine only, 0.0.0.0 = all interfaces)"
+        )
+    key = "http" if what == "HTTP" else "grpc"
+    flag, env, example = f"--{key}-port", f"DANET_{key.upper()}_PORT", 8080 if key == "http" else 8081
+    if code == errno.EADDRINUSE:
+        why = "is already in use"
+    elif code == errno.EACCES:
+        why = "needs privileges (ports below 1024)"
+    else:
+        why = f"cannot be opened ({getattr(exc, 'strerror', None) or exc})"
+    return (
+        f"{what} port {port} on {host} {why}; choose another with {flag} PORT, {env}=PORT or "
+        f'make run ARGS="{flag} {example}"'
+    )
+
+
 async def serve(settings: Settings) -> int:
-    engine = Engine(settings)
-    await engine.load()
+    # Ports first: a busy port fails at once, before the models load. HTTP keeps its socket; gRPC binds
+    # its own later (grpc cannot adopt a socket), so its port is only probed here.
+    http_socket = _bind(settings.host, settings.http_port, "HTTP")
+    try:
+        if settings.grpc_port > 0:
+            _bind(settings.host, settings.grpc_port, "gRPC").close()
+        engine = Engine(settings)
+        await engine.load()
+    except BaseException:
+        http_socket.close()
+        raise
     app = create_app(settings, engine)
     config = uvicorn.Config(
         app,
@@ -146,7 +192,19 @@ async def serve(settings: Settings) -> int:
     if settings.grpc_port >= 0:
         from server.grpc.server import create_grpc_server  # imported here: grpc stays optional for REST tests
 
-        grpc_server, grpc_port = create_grpc_server(settings, engine)
+        try:
+            grpc_server, grpc_port = create_grpc_server(settings, engine)
+        except RuntimeError as exc:  # a bind failure (taken since the probe) or unreadable TLS files
+            http_socket.close()
+            await engine.close()
+            cause = exc.__cause__ if isinstance(exc.__cause__, OSError) else None
+            if "cannot bind" in str(exc):
+                raise StartupError(
+                    bind_problem(
+                        "gRPC", settings.host, settings.grpc_port, cause or OSError(errno.EADDRINUSE, "")
+                    )
+                ) from exc
+            raise StartupError(str(exc)) from exc
         await grpc_server.start()
 
     stop = asyncio.Event()
@@ -154,7 +212,7 @@ async def serve(settings: Settings) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
 
-    http_task = asyncio.create_task(http.serve(), name="http")
+    http_task = asyncio.create_task(http.serve(sockets=[http_socket]), name="http")
     warm_task = asyncio.create_task(engine.warm_up(), name="warm-up")
     while not http.started and not http_task.done():
         await asyncio.sleep(0.02)

@@ -244,7 +244,7 @@ def create_session(
     level = logging.WARNING if fallback and tried_gpu else logging.INFO
     logger.log(
         level,
-        "%s%s: running on %s (%s), CPU arena %s",
+        "%s%s: active execution provider %s (%s), CPU arena %s",
         "GPU FALLBACK: " if level == logging.WARNING else "",
         label,
         active,

@@ -121,7 +121,7 @@ def test_no_gpu_build_falls_back_to_cpu(caplog: pytest.LogCaptureFixture) -> Non
     assert handle.provider == CPU and handle.fallback
     assert "not available" in (handle.fallback_reason or "")
     assert [r.levelno for r in caplog.records] == [logging.INFO]
-    assert "running on CPUExecutionProvider" in caplog.records[0].getMessage()
+    assert "active execution provider CPUExecutionProvider" in caplog.records[0].getMessage()
 
 
 def test_cpu_only_configuration_is_not_a_fallback(caplog: pytest.LogCaptureFixture) -> None:
@@ -203,7 +203,11 @@ def test_machine_without_cuda_skips_gpu_providers_quietly(caplog: pytest.LogCapt
     assert handle.provider == CPU and handle.fallback
     assert handle.fallback_reason is not None and "no CUDA driver" in handle.fallback_reason
     info = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
-    assert len(info) == 1 and "running on CPUExecutionProvider" in info[0] and "no CUDA driver" in info[0]
+    assert (
+        len(info) == 1
+        and "active execution provider CPUExecutionProvider" in info[0]
+        and "no CUDA driver" in info[0]
+    )
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert any(r.levelno == logging.DEBUG and "skipped" in r.getMessage() for r in caplog.records)
 
