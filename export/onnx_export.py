@@ -6,8 +6,9 @@
    confidence in-graph; bounded-memory attention) with dynamic batch/height/width;
 2. write metadata (classes, palette, architecture, provenance, precision, ...) and save;
 3. verify (default): ``onnx.checker``, then the graph judged against the PyTorch model run in float64,
-   with the float32 PyTorch run as the noise floor (:mod:`export.verify`), on several sizes; the
-   result is stored in the artifact's ``verification`` metadata;
+   with the spread of several float32 computations of it as the noise floor (:mod:`export.floor`,
+   :mod:`export.verify`), on several sizes; the result is stored in the artifact's ``verification``
+   metadata;
 4. optional variants, each compared with the verified fp32 graph: ``<stem>.fp16.onnx`` (float16
    network, float32 normalisation/attention/softmax/argmax; for GPU providers) and
    ``<stem>.int8.onnx`` (static QDQ quantisation; for CPUs);
@@ -20,7 +21,6 @@ export never leaves a plausible-looking artifact behind.
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
 import logging
 import os
@@ -33,10 +33,10 @@ from typing import Any
 
 import numpy as np
 import onnx
-import torch
 
-from common.contract import META_VERIFICATION, OUTPUT_CONFIDENCE, OUTPUT_LABELS, OUTPUT_LOGITS
+from common.contract import META_VERIFICATION, OUTPUT_LOGITS
 from export.attention import ATTENTION_MODES, DEFAULT_ATTENTION, DEFAULT_ATTENTION_BUDGET
+from export.floor import torch_reference, torch_references
 from export.graph import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, export_graph, finalize_graph
 from export.metadata import ModelDescription, exporter_version
 from export.quantize import CalibrationError, calibration_images, quantize_int8
@@ -51,7 +51,6 @@ from export.verify import (
     compare_graphs,
     verify_against_torch,
 )
-from export.wrapper import SegmentationWrapper
 
 __all__ = [
     "DEFAULT_OPSET",
@@ -142,35 +141,6 @@ class ExportReport:
 def variant_path(output: Path, precision: str) -> Path:
     """``model.onnx`` -> ``model.fp16.onnx`` / ``model.int8.onnx``."""
     return output.with_name(f"{output.stem}.{precision}{output.suffix or '.onnx'}")
-
-
-def torch_reference(
-    model: torch.nn.Module, config: Any, dtype: torch.dtype = torch.float32
-) -> Callable[[np.ndarray], dict[str, np.ndarray]]:
-    """The eager PyTorch counterpart of the graph (the model's own chunked attention).
-
-    ``dtype`` float64 runs a converted copy of the model (``model`` itself is not modified).
-    """
-    net = model if dtype == torch.float32 else copy.deepcopy(model).to(dtype)
-    wrapper = SegmentationWrapper(net.eval(), config, with_logits=True, dtype=dtype).eval()
-
-    def run(batch: np.ndarray) -> dict[str, np.ndarray]:
-        with torch.no_grad():
-            labels, confidence, logits = wrapper(torch.from_numpy(np.ascontiguousarray(batch)))
-        return {
-            OUTPUT_LABELS: labels.numpy(),
-            OUTPUT_CONFIDENCE: confidence.numpy(),
-            OUTPUT_LOGITS: logits.numpy(),
-        }
-
-    return run
-
-
-def torch_references(
-    model: torch.nn.Module, config: Any
-) -> tuple[Callable[[np.ndarray], dict[str, np.ndarray]], Callable[[np.ndarray], dict[str, np.ndarray]]]:
-    """(truth, noise floor): the model in float64 and in float32."""
-    return torch_reference(model, config, torch.float64), torch_reference(model, config)
 
 
 def check_output(output: Path) -> None:
@@ -285,7 +255,7 @@ def export_onnx(
 
     plan = {"trace": "Tracing the fp32 graph", "metadata": "Writing metadata"}
     if verify:
-        plan["verify"] = "Verifying fp32 against PyTorch float64 (float32 as the noise floor)"
+        plan["verify"] = "Verifying fp32 against PyTorch float64 (float32 spread as the noise floor)"
     if fp16:
         plan["fp16"] = "Exporting + checking the fp16 variant"
     if int8:

@@ -19,7 +19,7 @@ import torch
 
 from common.contract import META_VERIFICATION, OUTPUT_CONFIDENCE, OUTPUT_LABELS, OUTPUT_LOGITS
 from export.metadata import read_metadata
-from export.verify import DEFAULT_TOLERANCE, judge, onnx_runner, run_reference
+from export.verify import DEFAULT_TOLERANCE, FLOAT32_FLOOR, judge, onnx_runner, run_reference
 from tests.export.conftest import REALISTIC_LAYOUTS, normalised, reference_module
 
 SHAPES = ((1, 72, 96), (1, 65, 99))
@@ -69,7 +69,8 @@ def test_default_flags_accept_and_match_the_independent_float64_reference(
     # what the export judged is stored in the artifact
     model = onnx.load(fp32["path"])
     stored = read_metadata(model)[META_VERIFICATION]
-    assert stored["passed"] and stored["floor"] == "PyTorch float32"
+    assert stored["passed"] and stored["floor"] == FLOAT32_FLOOR
+    assert stored["noise_floor"]["min"] <= stored["noise_floor"]["max"]
     assert stored["max_abs_logit_diff"] <= stored["allowed_logit_diff"]
     assert stored["rule"] == {
         "k": DEFAULT_TOLERANCE.k,
