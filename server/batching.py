@@ -59,6 +59,7 @@ class _Request:
     abandoned: bool = False
     token: CancelToken | None = None  # the running batch's, once it runs
     batch: list[_Request] | None = None
+    timing: RunTiming | None = None
 
     @property
     def key(self) -> tuple[object, ...]:
@@ -67,6 +68,17 @@ class _Request:
     @property
     def size(self) -> int:
         return int(self.images.shape[0])
+
+
+@dataclass
+class RunTiming:
+    """When one request was queued, started and finished (``time.monotonic``), filled in by the worker
+    before the request's future completes (statistics and tracing read it after)."""
+
+    enqueued: float = 0.0
+    started: float | None = None
+    finished: float | None = None
+    batch_size: int = 0
 
 
 @dataclass
@@ -148,18 +160,23 @@ class Batcher:
                 retry_after_s=self.retry_after_s,
             )
 
-    def submit(self, images: np.ndarray, outputs: Sequence[str]) -> Future[dict[str, np.ndarray]]:
+    def submit(
+        self, images: np.ndarray, outputs: Sequence[str], timing: RunTiming | None = None
+    ) -> Future[dict[str, np.ndarray]]:
         future: Future[dict[str, np.ndarray]] = Future()
-        request = _Request(images=images, outputs=tuple(outputs), future=future)
+        request = _Request(images=images, outputs=tuple(outputs), future=future, timing=timing)
+        if timing is not None:
+            timing.enqueued = request.enqueued
         with self._cond:
             self._refuse_if_full()
             self._queue.append(request)
             self._cond.notify()
         return future
 
-    def abandon(self, future: Future[dict[str, np.ndarray]]) -> None:
+    def abandon(self, future: Future[dict[str, np.ndarray]]) -> str | None:
         """The caller of ``future`` has gone (deadline, disconnect, cancelled call): a queued request leaves
-        the queue; a running one is marked, and its run is stopped once no caller of its batch is left."""
+        the queue; a running one is marked, and its run is stopped once no caller of its batch is left.
+        Returns "queue" or "run" (where the request was), None when it had already finished."""
         token: CancelToken | None = None
         with self._cond:
             for queued in self._queue:
@@ -167,10 +184,10 @@ class Batcher:
                     self._queue.remove(queued)
                     future.cancel()
                     self.abandoned += 1
-                    return
+                    return "queue"
             running = self._running.get(id(future))
             if running is None or running.abandoned:
-                return
+                return None
             running.abandoned = True
             self.abandoned += 1
             if running.batch is not None and all(r.abandoned for r in running.batch):
@@ -178,6 +195,7 @@ class Batcher:
         if token is not None:
             logger.info("stopping a run of %s: every caller has gone", self.name)
             token.cancel()
+        return "run"
 
     def close(self, timeout: float | None = None) -> None:
         """Stop accepting; let the workers finish what is queued, then stop them."""
@@ -256,10 +274,11 @@ class Batcher:
         try:
             results = self._run_fn(images, live[0].outputs, token)
         except BaseException as exc:  # delivered to every waiting caller, never kills the worker
+            _timed(live, started, int(images.shape[0]))
             for request in live:
                 request.future.set_exception(exc)
             return
-        run_s = time.monotonic() - started
+        run_s = _timed(live, started, int(images.shape[0])) - started
         offset = 0
         for request in live:
             part = {name: value[offset : offset + request.size] for name, value in results.items()}
@@ -277,3 +296,13 @@ class Batcher:
                 )
             except Exception:  # metrics must never break inference
                 logger.exception("batch metrics hook failed")
+
+
+def _timed(live: list[_Request], started: float, batch_size: int) -> float:
+    """Stamp each request's timing with its batch's run; returns the end of the run."""
+    finished = time.monotonic()
+    for request in live:
+        if request.timing is not None:
+            request.timing.started, request.timing.finished = started, finished
+            request.timing.batch_size = batch_size
+    return finished

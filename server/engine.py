@@ -13,6 +13,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future
 from typing import Any
 
 import numpy as np
@@ -202,13 +203,18 @@ class Engine:
         try:
             return await asyncio.wait_for(asyncio.wrap_future(future), self.settings.request_timeout_s)
         except TimeoutError as exc:
-            batcher.abandon(future)
+            self._abandon(instance, future)
             raise DeadlineExceeded(
                 f"inference on {instance.info.name!r} took longer than {self.settings.request_timeout_s:g} s"
             ) from exc
         except asyncio.CancelledError:
-            batcher.abandon(future)
+            self._abandon(instance, future)
             raise
+
+    def _abandon(self, instance: ModelInstance, future: Future[dict[str, np.ndarray]]) -> None:
+        where = instance.batcher.abandon(future)
+        if where is not None:
+            self.metrics.abandoned.labels(instance.info.name, where).inc()
 
     async def infer(
         self,

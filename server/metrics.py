@@ -48,6 +48,13 @@ class Metrics:
             "danet_batch_size", "images per onnxruntime run", ["model"], buckets=BATCH_BUCKETS, registry=r
         )
         self.queue_depth = Gauge("danet_queue_depth", "requests waiting for a worker", ["model"], registry=r)
+        self.abandoned = Counter(
+            "danet_abandoned_total",
+            "requests whose caller went away (deadline, disconnect, cancelled call), by where they were: "
+            "queue (left it) or run (stopped once no caller of its batch was left)",
+            ["model", "where"],
+            registry=r,
+        )
         self.overloaded = Counter(
             "danet_overloaded", "requests refused because the queue was full", ["model"], registry=r
         )

@@ -16,6 +16,7 @@ from fastapi.staticfiles import StaticFiles
 from server import __version__
 from server.engine import Engine
 from server.http import kserve
+from server.http.disconnect import CancelOnDisconnect
 from server.http.errors import install_error_handlers
 from server.http.middleware import ServiceMiddleware
 from server.http.routes import segment, service, ui
@@ -50,6 +51,7 @@ def create_app(settings: Settings, engine: Engine) -> FastAPI:
     app.include_router(service.router)
     app.include_router(kserve.router)
     app.add_middleware(ServiceMiddleware, settings=settings, metrics=engine.metrics)
+    app.add_middleware(CancelOnDisconnect)  # outside the service middleware: its access log sees the 499
     if settings.cors_origins:
         # added last = outermost: preflight requests are answered before authentication
         app.add_middleware(

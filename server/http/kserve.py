@@ -200,7 +200,8 @@ def _read_image_input(header: dict[str, Any], binary: bytes, info: ModelInfo, se
     shape = codec.image_shape(
         tensor.get("name"), tensor.get("datatype"), tensor.get("shape"), info, limits_of(settings)
     )
-    parameters = tensor.get("parameters") or {}
+    parameters = tensor.get("parameters")
+    parameters = {} if parameters is None else parameters
     if not isinstance(parameters, dict):
         raise InvalidOption(f"input {codec.INPUT_IMAGE!r}: 'parameters' must be a JSON object")
     if "binary_data_size" in parameters:
@@ -218,7 +219,8 @@ def _read_image_input(header: dict[str, Any], binary: bytes, info: ModelInfo, se
 
 
 def _requested_outputs(header: dict[str, Any], info: ModelInfo) -> list[codec.Requested]:
-    parameters = header.get("parameters") or {}
+    parameters = header.get("parameters")
+    parameters = {} if parameters is None else parameters
     if not isinstance(parameters, dict):
         raise InvalidOption("'parameters' must be a JSON object")
     binary_all = parameters.get("binary_data_output", False) is True
@@ -232,7 +234,8 @@ def _requested_outputs(header: dict[str, Any], info: ModelInfo) -> list[codec.Re
     names = codec.requested_outputs(info, [o["name"] for o in wanted])
     requested = []
     for name, output in zip(names, wanted, strict=True):
-        params = output.get("parameters") or {}
+        params = output.get("parameters")
+        params = {} if params is None else params
         if not isinstance(params, dict):
             raise InvalidOption(f"output {name!r}: 'parameters' must be a JSON object")
         if "classification" in params:

@@ -22,6 +22,8 @@ from common.contract import DEFAULT_CHECKPOINT, DEFAULT_MODEL_NAME, DEFAULT_ONNX
 from export.triton import render_config, write_triton_model
 from server.engine import Engine
 from server.errors import ModelLoadError, ModelNotFound
+from server.instance import BatchingConfig
+from server.kserve import codec
 from server.segmentation import Segmenter, SegmentOptions
 from server.settings import Settings
 from server.versions import VersionPolicy, parse_policy, policy_from_config, read_model_dir
@@ -354,3 +356,37 @@ def test_repository_api_needs_the_api_key(app_factory: Any, two_versions: Path) 
     ):
         assert client.post(path).status_code == 401
     assert client.post("/v2/repository/index", headers={"X-API-Key": "k"}).json() == [{"name": "tiny"}]
+
+
+# --- per-model batching from config.pbtxt -------------------------------------------------------------
+def test_each_model_batches_as_its_config_pbtxt_says(tmp_path: Path) -> None:
+    """``batched`` declares Triton's batching and two instances; ``plain`` has no config: the server's
+    settings (batching auto = off on the CPU). The model configuration reports each one's own."""
+    add_version(tmp_path, 1, name="batched")
+    add_version(tmp_path, 1, name="plain")
+    (tmp_path / "batched" / "config.pbtxt").write_text(
+        'name: "batched"\nplatform: "onnxruntime_onnx"\nmax_batch_size: 4\n'
+        "dynamic_batching { max_queue_delay_microseconds: 2500 preferred_batch_size: [2, 4] }\n"
+        "instance_group [ { count: 2 kind: KIND_CPU } ]\n"
+    )
+    engine = Engine(engine_settings(tmp_path))
+    asyncio.run(engine.start())
+    try:
+        batched, plain = engine.instance("batched"), engine.instance("plain")
+        assert batched.batching == BatchingConfig(4, 2500, (2, 4), 2, "config.pbtxt")
+        assert batched.batcher.max_batch == 4 and batched.batcher.preferred == {2, 4}
+        assert len(batched.batcher._threads) == 2
+        assert plain.batching.max_batch_size == 1 and plain.batching.source == "settings"
+        config = codec.model_config(batched)
+        assert config["max_batch_size"] == 4 and config["instance_group"] == [
+            {"count": 2, "kind": "KIND_CPU"}
+        ]
+        assert config["dynamic_batching"] == {
+            "max_queue_delay_microseconds": 2500,
+            "preferred_batch_size": [2, 4],
+        }
+        assert "dynamic_batching" not in codec.model_config(plain)
+        out = asyncio.run(engine.infer("batched", np.zeros((2, 8, 8, 3), np.uint8), ["labels"]))
+        assert out["labels"].shape == (2, 8, 8)
+    finally:
+        asyncio.run(engine.close())
