@@ -4,6 +4,7 @@ handler that logs the traceback and answers a generic 500 (no stack trace reache
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import re
@@ -68,6 +69,8 @@ class ServiceMiddleware:
         try:
             if self.api_key is not None and path not in self.public_paths and method != "OPTIONS":
                 self._authenticate(headers)
+            # public routes say more to a caller that sent the key (``/readyz``: models and providers)
+            scope.setdefault("state", {})["authenticated"] = self.api_key is None or self._has_key(headers)
             limit = self.settings.max_upload_bytes
             if headers.get("content-type", "").lower().startswith("multipart/"):
                 limit += MULTIPART_ALLOWANCE
@@ -82,6 +85,9 @@ class ServiceMiddleware:
                 await danet_error_response(path, exc)(scope, receive, send_with_id)
         except ClientDisconnect:  # the client left (or was dropped as too slow) while its body was read
             state["status"] = CLIENT_CLOSED
+        except asyncio.CancelledError:  # the client left after its body (server.http.disconnect)
+            state["status"] = CLIENT_CLOSED
+            raise
         except Exception:
             logger.exception("unhandled error while serving %s %s", method, path)
             if not state["started"]:
@@ -109,6 +115,13 @@ class ServiceMiddleware:
                     },
                 )
             request_id.reset(token)
+
+    def _has_key(self, headers: dict[str, str]) -> bool:
+        try:
+            self._authenticate(headers)
+        except Unauthenticated:
+            return False
+        return True
 
     def _authenticate(self, headers: dict[str, str]) -> None:
         assert self.api_key is not None

@@ -90,3 +90,11 @@ def test_readyz_shows_no_paths(app_factory: Any, tmp_path: Path, tiny_onnx: Path
     for path in ("/v1/models", "/v2/models/tiny", "/v2"):
         reply = client.get(path, headers={"X-API-Key": "k"})
         assert reply.status_code == 200 and str(tmp_path) not in reply.text, path
+
+
+def test_readyz_shows_readiness_only_without_the_key(app_factory) -> None:  # type: ignore[no-untyped-def]
+    client, _ = app_factory(api_key="s3cret")
+    anonymous = client.get("/readyz")
+    assert anonymous.status_code == 200 and anonymous.json() == {"status": "ready", "ready": True}
+    keyed = client.get("/readyz", headers={"X-API-Key": "s3cret"}).json()
+    assert keyed["ready"] is True and "tiny" in keyed["models"]
