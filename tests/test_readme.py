@@ -47,9 +47,9 @@ def test_every_block_is_run_or_skipped_with_a_reason() -> None:
     blocks = readme_blocks(README.read_text())
     assert len(blocks) >= 10
     for block in blocks:
-        assert (
-            block.mark == "run" or block.mark == "server" or re.fullmatch(r"skip \(.{5,}\)", block.mark)
-        ), f"README.md:{block.line}: unknown mark {block.mark!r}"
+        assert block.mark == "run" or block.mark == "server" or re.fullmatch(r"skip \(.{5,}\)", block.mark), (
+            f"README.md:{block.line}: unknown mark {block.mark!r}"
+        )
     assert [b.mark for b in blocks].count("server") == 1
 
 
