@@ -62,8 +62,8 @@ def plain(live_server: ServerProcess) -> np.ndarray:
 CASES = [
     ({"tta": "official", "base_size": 16, "crop_size": 16}, {"tta": "official", "base_size": "16", "crop_size": "16"}),
     (
-        {"tta": "mmseg", "base_size": (24, 12), "crop_size": (8, 12), "stride": 6},
-        {"tta": "mmseg", "base_size": "24x12", "crop_size": "8x12", "stride": "6"},
+        {"tta": "mmseg", "base_size": (48, 24), "crop_size": (16, 24), "stride": 8},
+        {"tta": "mmseg", "base_size": "48x24", "crop_size": "16x24", "stride": "8"},
     ),
     ({"max_size": 12}, {"max_size": "12"}),
 ]  # fmt: skip
@@ -100,11 +100,11 @@ def test_flip_unset_keeps_the_official_default(
 def test_cli_preset_options(live_server: ServerProcess, tmp_path: Path, protocol: str) -> None:
     source = tmp_path / "noise.png"
     source.write_bytes(png(PICTURE))
-    expected = labels_of(rest_direct(live_server, tta="mmseg", crop_size="8x12", stride="6", scales="0.5,1",
+    expected = labels_of(rest_direct(live_server, tta="mmseg", crop_size="16x24", stride="8", scales="0.5,1",
                                      flip="true").content)  # fmt: skip
     run = run_cli(
         "segment", str(source), "-o", str(tmp_path / "out"), "--format", "index", "--api-key", API_KEY,
-        "--tta", "mmseg", "--crop-size", "8x12", "--stride", "6", "--scales", "0.5,1",
+        "--tta", "mmseg", "--crop-size", "16x24", "--stride", "8", "--scales", "0.5,1",
         "--flip", *where(live_server, protocol),
     )  # fmt: skip
     assert run.returncode == 0, run.stderr
