@@ -19,14 +19,18 @@ from typing import Any
 import numpy as np
 
 from common.contract import INPUT_IMAGE
-from server.batching import BatchStats
+from server import tracing
+from server.batching import BatchStats, RunTiming
 from server.errors import DeadlineExceeded, InvalidOption, NotReady, Overloaded, PayloadTooLarge
 from server.instance import ModelInstance
+from server.kserve.shm import SharedMemoryRegistry
 from server.metrics import Metrics
 from server.model import ModelInfo, TensorSpec
+from server.observe import Observer
 from server.repository import ModelRepository
 from server.segmentation.tiling import inference_size
 from server.settings import Settings, parse_size
+from server.statistics import Statistics
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +44,10 @@ class Engine:
     def __init__(self, settings: Settings, *, metrics: Metrics | None = None) -> None:
         self.settings = settings
         self.metrics = metrics or Metrics()
+        self.observer = Observer(Statistics(), tracing.from_settings(settings))
+        self.shared_memory = SharedMemoryRegistry(
+            enabled=settings.allow_client_shm, max_regions=settings.max_shm_regions
+        )
         self.repository = ModelRepository(settings, self)
         self._ready = False
         self._closing = False
@@ -77,6 +85,7 @@ class Engine:
         self.metrics.batch_size.labels(info.name).observe(stats.batch_size)
         self.metrics.inference.labels(info.name).observe(stats.run_s)
         self.metrics.queue_wait.labels(info.name).observe(stats.queue_wait_s)
+        self.observer.executed(info, stats)
 
     def serving(self, name: str, versions: list[str], retired: list[str]) -> None:
         """After a switch: ``danet_model_version_serving`` follows (called by the repository)."""
@@ -138,6 +147,8 @@ class Engine:
         self._closing = True
         self.metrics.ready.set(0)
         await self.repository.close(self.settings.shutdown_grace_s)
+        self.shared_memory.close()
+        self.observer.close()
         logger.info("engine closed")
 
     # --- models -----------------------------------------------------------------------------------
@@ -195,21 +206,29 @@ class Engine:
         timeout passes, the request leaves the queue, or its run is stopped once no caller of its batch is
         left (``RunOptions.terminate``): abandoned work never holds the engine."""
         batcher = instance.batcher
+        timing = RunTiming()  # filled in by the worker: statistics and trace spans read it
         try:
-            future = batcher.submit(np.ascontiguousarray(images), tuple(outputs))
+            future = batcher.submit(np.ascontiguousarray(images), tuple(outputs), timing)
         except Overloaded:
             self.metrics.overloaded.labels(instance.info.name).inc()
             raise
         try:
-            return await asyncio.wait_for(asyncio.wrap_future(future), self.settings.request_timeout_s)
+            results = await asyncio.wait_for(asyncio.wrap_future(future), self.settings.request_timeout_s)
         except TimeoutError as exc:
             self._abandon(instance, future)
+            self.observer.run_failed(instance.info, timing)
             raise DeadlineExceeded(
                 f"inference on {instance.info.name!r} took longer than {self.settings.request_timeout_s:g} s"
             ) from exc
         except asyncio.CancelledError:
             self._abandon(instance, future)
+            self.observer.run_failed(instance.info, timing)
             raise
+        except Exception:
+            self.observer.run_failed(instance.info, timing)
+            raise
+        self.observer.ran(instance.info, int(images.shape[0]), timing)
+        return results
 
     def _abandon(self, instance: ModelInstance, future: Future[dict[str, np.ndarray]]) -> None:
         where = instance.batcher.abandon(future)

@@ -268,6 +268,21 @@ class Settings(BaseSettings):
         description="Name of this replica, sent as the X-Danet-Replica response header when set (the Ray "
         "Serve application sets it per replica).",
     )
+    # --- Triton extensions and tracing ---------------------------------------------------------------
+    allow_client_shm: bool = Field(
+        True,
+        description="Let clients register POSIX shared memory regions (system shared memory extension) "
+        "that requests read inputs from and write outputs to; only clients on the same host can use it.",
+    )
+    max_shm_regions: int = Field(
+        64, ge=1, description="Most system shared memory regions registered at once (each holds a mapping)."
+    )
+    tracing: bool = Field(
+        False,
+        description="OpenTelemetry tracing: spans for decode, queue, inference and encode, exported over "
+        "OTLP as the standard OTEL_* variables say (needs the `tracing` extra). Also on when "
+        "OTEL_EXPORTER_OTLP_ENDPOINT or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT is set.",
+    )
 
     @field_validator("models", "providers", "warmup_sizes", "cors_origins", "load_models", mode="before")
     @classmethod

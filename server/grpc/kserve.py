@@ -17,12 +17,13 @@ from google.protobuf import json_format
 from protos.gen.inference import grpc_service_pb2 as pb
 from protos.gen.inference import grpc_service_pb2_grpc as pb_grpc
 from protos.gen.inference import model_config_pb2 as config_pb
+from server import tracing
 from server.engine import Engine, ModelInfo
 from server.errors import InvalidOption, ModelNotFound
 from server.grpc.deadlines import within_deadline
 from server.grpc.errors import status_for, translate_errors, translate_stream_errors
 from server.grpc.streaming import ordered_replies
-from server.kserve import codec
+from server.kserve import codec, shm
 from server.segmentation.pipeline import limits_of
 from server.settings import Settings
 
@@ -78,6 +79,13 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
         )
 
     @translate_errors
+    async def ModelStatistics(
+        self, request: pb.ModelStatisticsRequest, context: Any
+    ) -> pb.ModelStatisticsResponse:
+        report = codec.model_statistics(self._engine, request.name, request.version)
+        return json_format.ParseDict(report, pb.ModelStatisticsResponse())
+
+    @translate_errors
     async def ModelConfig(self, request: pb.ModelConfigRequest, context: Any) -> pb.ModelConfigResponse:
         instance = self._engine.instance(self._name(request.name), request.version or None)
         config = json_format.ParseDict(
@@ -110,17 +118,27 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
         self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelInferResponse:
         info = self._model(request.model_name, request.model_version)
-        batch = self._input_batch(request, info)
-        names = codec.requested_outputs(info, [o.name for o in request.outputs])
-        requested = [codec.Requested(name) for name in names]
-        codec.check_reply_size(info, batch.shape, requested, self._settings.max_reply_bytes)
-        info, results = await within_deadline(
-            context,
-            self._engine.infer_versioned(
-                info.name, batch, outputs=names, version=request.model_version or None
-            ),
-        )
-        return await asyncio.to_thread(_response, request, info, names, results)
+        observer = self._engine.observer
+        with observer.request(f"{SERVICE_NAME}/ModelInfer", _metadata(context), info):
+            with observer.step("decode", info, **{tracing.BYTES: request.ByteSize()}):
+                batch = self._input_batch(request, info)
+                names = codec.requested_outputs(info, [o.name for o in request.outputs])
+                regions = self._engine.shared_memory
+                requested = [
+                    codec.Requested(o.name, shm=regions.reference(_values(o.parameters), o.name))
+                    for o in request.outputs
+                ] or [codec.Requested(name) for name in names]
+                codec.check_reply_size(info, batch.shape, requested, self._settings.max_reply_bytes)
+            info, results = await within_deadline(
+                context,
+                self._engine.infer_versioned(
+                    info.name, batch, outputs=names, version=request.model_version or None
+                ),
+            )
+            with observer.step("encode", info) as step:
+                response = await asyncio.to_thread(_response, request, info, requested, results)
+                step.set(tracing.BYTES, response.ByteSize())
+            return response
 
     # --- the repository extension -----------------------------------------------------------------
     @translate_errors
@@ -146,6 +164,29 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
         await self._engine.repository.unload_model(self._name(request.model_name))
         return pb.RepositoryModelUnloadResponse()
 
+    # --- the system shared memory extension -------------------------------------------------------
+    @translate_errors
+    async def SystemSharedMemoryStatus(
+        self, request: pb.SystemSharedMemoryStatusRequest, context: Any
+    ) -> pb.SystemSharedMemoryStatusResponse:
+        status = pb.SystemSharedMemoryStatusResponse.RegionStatus
+        regions = self._engine.shared_memory.status(request.name)
+        return pb.SystemSharedMemoryStatusResponse(regions={r["name"]: status(**r) for r in regions})
+
+    @translate_errors
+    async def SystemSharedMemoryRegister(
+        self, request: pb.SystemSharedMemoryRegisterRequest, context: Any
+    ) -> pb.SystemSharedMemoryRegisterResponse:
+        self._engine.shared_memory.register(request.name, request.key, request.offset, request.byte_size)
+        return pb.SystemSharedMemoryRegisterResponse()
+
+    @translate_errors
+    async def SystemSharedMemoryUnregister(
+        self, request: pb.SystemSharedMemoryUnregisterRequest, context: Any
+    ) -> pb.SystemSharedMemoryUnregisterResponse:
+        self._engine.shared_memory.unregister(request.name)
+        return pb.SystemSharedMemoryUnregisterResponse()
+
     @staticmethod
     def _name(name: str) -> str:
         if not name:
@@ -162,6 +203,11 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
             raise InvalidOption(f"expected exactly one input named {codec.INPUT_IMAGE!r}, got {got}")
         tensor = request.inputs[0]
         shape = codec.image_shape(tensor.name, tensor.datatype, list(tensor.shape), info, self._limits)
+        ref = self._engine.shared_memory.reference(_values(tensor.parameters), tensor.name)
+        if ref is not None:
+            if request.raw_input_contents or tensor.HasField("contents"):
+                raise InvalidOption(f"input {codec.INPUT_IMAGE!r} is in shared memory: send no data with it")
+            return codec.image_from_bytes(shape, ref.read())
         if request.raw_input_contents:
             if len(request.raw_input_contents) != len(request.inputs):
                 raise InvalidOption(
@@ -172,12 +218,39 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
 
 
 def _response(
-    request: pb.ModelInferRequest, info: ModelInfo, names: list[str], results: dict[str, np.ndarray]
+    request: pb.ModelInferRequest,
+    info: ModelInfo,
+    requested: list[codec.Requested],
+    results: dict[str, np.ndarray],
 ) -> pb.ModelInferResponse:
-    """Raw little-endian outputs, in the order asked (runs in a worker thread: copies can be large)."""
+    """Raw little-endian outputs, in the order asked (runs in a worker thread: copies can be large). An output
+    written to shared memory keeps its place with empty raw contents, as Triton does."""
     response = pb.ModelInferResponse(model_name=info.name, model_version=info.version, id=request.id)
-    for name in names:
-        array = np.asarray(results[name])
-        response.outputs.add(name=name, datatype=codec.datatype_of(array), shape=list(array.shape))
-        response.raw_output_contents.append(codec.little_endian(array))
+    for out in requested:
+        array = np.asarray(results[out.name])
+        output = response.outputs.add(
+            name=out.name, datatype=codec.datatype_of(array), shape=list(array.shape)
+        )
+        raw = codec.little_endian(array)
+        if out.shm is None:
+            response.raw_output_contents.append(raw)
+            continue
+        out.shm.write(raw)
+        output.parameters[shm.REGION].string_param = out.shm.region
+        output.parameters[shm.BYTE_SIZE].int64_param = len(raw)
+        response.raw_output_contents.append(b"")
     return response
+
+
+def _values(parameters: Any) -> dict[str, Any]:
+    """A protobuf ``map<string, InferParameter>`` as plain values."""
+    values = {}
+    for key, parameter in parameters.items():
+        choice = parameter.WhichOneof("parameter_choice")
+        values[key] = getattr(parameter, choice) if choice else None
+    return values
+
+
+def _metadata(context: Any) -> dict[str, Any]:
+    """The call's metadata as a carrier for ``traceparent`` (keys are lower-case in gRPC)."""
+    return {key: value for key, value in context.invocation_metadata() or ()}

@@ -16,10 +16,12 @@ import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
+from server import tracing
 from server.engine import Engine
 from server.errors import InvalidOption, NotReady, PayloadTooLarge
 from server.http.deps import EngineDep, SettingsDep
-from server.kserve import codec
+from server.kserve import codec, shm
+from server.kserve.shm import SharedMemoryRegistry
 from server.model import ModelInfo
 from server.segmentation.pipeline import limits_of
 
@@ -49,6 +51,17 @@ async def ready(engine: EngineDep) -> Response:
     if not engine.ready:
         raise NotReady("models are loading or warming up" if not engine.closing else "shutting down")
     return JSONResponse({"ready": True})
+
+
+@router.get("/models/stats", summary="Statistics of every model (statistics extension)")
+async def statistics(engine: EngineDep) -> dict[str, Any]:
+    return codec.model_statistics(engine, "", "")
+
+
+@router.get("/models/{model}/stats", summary="Statistics of a model's versions")
+@router.get("/models/{model}/versions/{version}/stats", summary="Statistics of one version")
+async def model_statistics(engine: EngineDep, model: str, version: str | None = None) -> dict[str, Any]:
+    return codec.model_statistics(engine, model, version or "")
 
 
 @router.get("/models/{model}", summary="Model metadata")
@@ -85,17 +98,27 @@ async def infer(
     request: Request, engine: EngineDep, settings: SettingsDep, model: str, version: str | None = None
 ) -> Response:
     info = _model(engine, model, version)
-    body = _decompress(
-        await request.body(), request.headers.get("content-encoding"), settings.max_upload_bytes
-    )
-    header, binary = _split(body, request.headers.get(HEADER_LENGTH))
-    images = _read_image_input(header, binary, info, settings)
-    requested = _requested_outputs(header, info)
-    codec.check_reply_size(info, images.shape, requested, settings.max_reply_bytes)
+    with engine.observer.request("POST /v2/models/{model}/infer", request.headers, info):
+        return await _infer(request, engine, settings, info, version)
+
+
+async def _infer(
+    request: Request, engine: Engine, settings: Any, info: ModelInfo, version: str | None
+) -> Response:
+    observer, regions = engine.observer, engine.shared_memory
+    raw = await request.body()
+    with observer.step("decode", info, **{tracing.BYTES: len(raw)}):
+        body = _decompress(raw, request.headers.get("content-encoding"), settings.max_upload_bytes)
+        header, binary = _split(body, request.headers.get(HEADER_LENGTH))
+        images = _read_image_input(header, binary, info, settings, regions)
+        requested = _requested_outputs(header, info, regions)
+        codec.check_reply_size(info, images.shape, requested, settings.max_reply_bytes)
     info, results = await engine.infer_versioned(
         info.name, images, [r.name for r in requested], version=version or None
     )
-    json_part, blobs = await asyncio.to_thread(_encode, header, info, requested, results)
+    with observer.step("encode", info) as step:
+        json_part, blobs = await asyncio.to_thread(_encode, header, info, requested, results)
+        step.set(tracing.BYTES, len(json_part) + sum(len(b) for b in blobs))
     headers = {
         "X-Danet-Provider": info.provider,
         "X-Danet-Model": info.name,
@@ -142,7 +165,13 @@ def _encode(
             "datatype": codec.datatype_of(value),
             "shape": list(value.shape),
         }
-        if out.binary:
+        if out.shm is not None:
+            raw = codec.little_endian(value)
+            out.shm.write(raw)
+            entry["parameters"] = {shm.REGION: out.shm.region, shm.BYTE_SIZE: len(raw)}
+            if out.shm.offset:
+                entry["parameters"][shm.OFFSET] = out.shm.offset
+        elif out.binary:
             raw = codec.little_endian(value)
             entry["parameters"] = {"binary_data_size": len(raw)}
             blobs.append(raw)
@@ -192,7 +221,30 @@ async def repository_unload(request: Request, engine: EngineDep, model: str) -> 
     return JSONResponse({})
 
 
-def _read_image_input(header: dict[str, Any], binary: bytes, info: ModelInfo, settings: Any) -> np.ndarray:
+# --- the system shared memory extension ----------------------------------------------------------
+@router.get("/systemsharedmemory/status", summary="Every registered system shared memory region")
+@router.get("/systemsharedmemory/region/{region}/status", summary="One system shared memory region")
+async def shm_status(engine: EngineDep, region: str = "") -> JSONResponse:
+    return JSONResponse(engine.shared_memory.status(region))
+
+
+@router.post("/systemsharedmemory/region/{region}/register", summary="Register a system shared memory region")
+async def shm_register(request: Request, engine: EngineDep, region: str) -> JSONResponse:
+    body = await _json_body(request)
+    engine.shared_memory.register(region, body.get("key"), body.get("offset", 0), body.get("byte_size"))
+    return JSONResponse({})
+
+
+@router.post("/systemsharedmemory/unregister", summary="Unregister every system shared memory region")
+@router.post("/systemsharedmemory/region/{region}/unregister", summary="Unregister a region")
+async def shm_unregister(engine: EngineDep, region: str = "") -> JSONResponse:
+    engine.shared_memory.unregister(region)
+    return JSONResponse({})
+
+
+def _read_image_input(
+    header: dict[str, Any], binary: bytes, info: ModelInfo, settings: Any, regions: SharedMemoryRegistry
+) -> np.ndarray:
     inputs = header.get("inputs")
     if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
         raise InvalidOption(f"expected exactly one input {codec.INPUT_IMAGE!r}, got {_names(inputs)}")
@@ -204,6 +256,11 @@ def _read_image_input(header: dict[str, Any], binary: bytes, info: ModelInfo, se
     parameters = {} if parameters is None else parameters
     if not isinstance(parameters, dict):
         raise InvalidOption(f"input {codec.INPUT_IMAGE!r}: 'parameters' must be a JSON object")
+    ref = regions.reference(parameters, codec.INPUT_IMAGE)
+    if ref is not None:
+        if "data" in tensor or "binary_data_size" in parameters:
+            raise InvalidOption(f"input {codec.INPUT_IMAGE!r} is in shared memory: send no data with it")
+        return codec.image_from_bytes(shape, ref.read())
     if "binary_data_size" in parameters:
         size = parameters["binary_data_size"]
         if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= len(binary):
@@ -218,7 +275,9 @@ def _read_image_input(header: dict[str, Any], binary: bytes, info: ModelInfo, se
     return codec.image_from_values(shape, data)
 
 
-def _requested_outputs(header: dict[str, Any], info: ModelInfo) -> list[codec.Requested]:
+def _requested_outputs(
+    header: dict[str, Any], info: ModelInfo, regions: SharedMemoryRegistry
+) -> list[codec.Requested]:
     parameters = header.get("parameters")
     parameters = {} if parameters is None else parameters
     if not isinstance(parameters, dict):
@@ -240,7 +299,8 @@ def _requested_outputs(header: dict[str, Any], info: ModelInfo) -> list[codec.Re
             raise InvalidOption(f"output {name!r}: 'parameters' must be a JSON object")
         if "classification" in params:
             raise InvalidOption("the classification extension is not supported")
-        requested.append(codec.Requested(name, binary_all or params.get("binary_data", False) is True))
+        binary = binary_all or params.get("binary_data", False) is True
+        requested.append(codec.Requested(name, binary, regions.reference(params, name)))
     return requested
 
 

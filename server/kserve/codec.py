@@ -13,7 +13,7 @@ import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -21,15 +21,19 @@ from common.contract import INPUT_IMAGE
 from server import __version__
 from server.errors import InvalidOption, PayloadTooLarge
 from server.instance import ModelInstance
+from server.kserve.shm import ShmRef
 from server.model import ORT_TYPES, ModelInfo
 from server.segmentation.cost import Limits
+
+if TYPE_CHECKING:
+    from server.engine import Engine
 
 SERVER_NAME = "danet-serve"
 SERVER_VERSION = __version__
 PLATFORM = "onnxruntime_onnx"
 BACKEND = "onnxruntime"
 #: extensions both protocols implement; REST adds ``binary_tensor_data``
-EXTENSIONS = ["model_configuration", "model_repository"]
+EXTENSIONS = ["model_configuration", "model_repository", "statistics", "system_shared_memory"]
 MAX_BATCH = 64  # images in one KServe request
 #: bytes one element takes at most in a JSON reply (digits, sign, exponent, separator)
 _JSON_BYTES = {"BOOL": 6, "UINT8": 4, "INT8": 5, "UINT16": 6, "INT16": 7, "FP16": 24, "FP32": 24, "FP64": 25}
@@ -138,6 +142,7 @@ def image_from_values(shape: Sequence[int], values: Any) -> np.ndarray:
 class Requested:
     name: str
     binary: bool = True  # raw bytes (REST binary extension, gRPC raw contents) or a JSON list
+    shm: ShmRef | None = None  # written to a shared memory region instead of the reply
 
 
 def requested_outputs(info: ModelInfo, names: Sequence[str]) -> list[str]:
@@ -152,13 +157,22 @@ def requested_outputs(info: ModelInfo, names: Sequence[str]) -> list[str]:
 
 
 def check_reply_size(info: ModelInfo, shape: Sequence[int], outputs: Sequence[Requested], limit: int) -> None:
-    """Refuse, before inference, a reply larger than ``limit`` bytes (from the output shapes)."""
+    """Refuse, before inference, a reply larger than ``limit`` bytes (from the output shapes), or an output
+    that does not fit the shared memory it is to be written to."""
     batch, height, width = shape[0], shape[1], shape[2]
     total = 0
     sizes = []
     for out in outputs:
         spec = next(t for t in info.outputs if t.name == out.name)
         elements = batch * height * width * (info.num_classes if len(spec.shape) == 4 else 1)
+        if out.shm is not None:
+            need = elements * _DTYPES[spec.datatype].itemsize
+            if need > out.shm.byte_size:
+                raise InvalidOption(
+                    f"output {out.name!r} takes {need} bytes; shared memory region {out.shm.region!r} is given "
+                    f"{out.shm.byte_size} (shared_memory_byte_size)"
+                )
+            continue
         per = _JSON_BYTES.get(spec.datatype, 24) if not out.binary else _DTYPES[spec.datatype].itemsize
         sizes.append(f"{out.name} {'JSON' if not out.binary else 'binary'} ~{elements * per / 2**20:.0f} MiB")
         total += elements * per
@@ -216,3 +230,19 @@ def model_config(instance: ModelInstance) -> dict[str, Any]:
             "preferred_batch_size": list(batching.preferred_batch_sizes),
         }
     return config
+
+
+# --- statistics ------------------------------------------------------------------------------------
+def model_statistics(engine: Engine, name: str, version: str) -> dict[str, Any]:
+    """Triton's statistics for one version, every version of a model (no version) or every model (no
+    name); an unknown model or version is a 404 / NOT_FOUND."""
+    if not name:
+        pairs = [
+            (n, i.info.version) for n, versions in engine.repository.snapshot().items() for i in versions
+        ]
+    elif version:
+        pairs = [(name, engine.get_model(name, version).version)]
+    else:
+        pairs = [(name, engine.get_model(name).version)]
+        pairs = [(name, info.version) for info in engine.versions(name)] or pairs
+    return engine.observer.statistics.report(pairs)

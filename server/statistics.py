@@ -1,0 +1,142 @@
+"""Per model version counters for Triton's statistics extension (``GET /v2/models/stats``, gRPC
+``ModelStatistics``), in Triton's JSON form (gRPC parses the same dict into its messages).
+
+What is counted, and where it comes from (``server.observe`` is the one place that feeds it):
+
+- ``success`` / ``fail``: every request the engine ran (``Engine.run``: one KServe request, or one pass of
+  a ``/segment`` request), with its time from entering the queue to its result; ``inference_count`` adds
+  the images of each successful one, ``last_inference`` is when the last one finished.
+- ``queue`` and ``compute_infer``: per successful request, its wait in the queue and its batch's run
+  (every request of a batch is charged the whole run, as Triton does).
+- ``compute_input`` / ``compute_output``: the front doors' decode (tensor or image) and encode (tensor
+  bytes, PNG or JSON), once per front-door request.
+- ``execution_count`` and ``batch_stats``: one entry per onnxruntime run, by batch size, with its run time
+  (decode and encode happen per request, not per batch: the batch entries' ``compute_input`` and
+  ``compute_output`` stay 0/0). These come from the same hook as the Prometheus batch metrics, warm-up
+  runs included, so ``execution_count`` equals ``danet_inference_seconds_count``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+_STEPS = ("success", "fail", "queue", "compute_input", "compute_infer", "compute_output")
+_NO_CACHE = ("cache_hit", "cache_miss")  # no response cache here
+
+
+def nanoseconds(seconds: float) -> int:
+    return max(0, round(seconds * 1e9))
+
+
+@dataclass
+class Duration:
+    count: int = 0
+    ns: int = 0
+
+    def add(self, seconds: float, count: int = 1) -> None:
+        self.count += count
+        self.ns += nanoseconds(seconds)
+
+    def as_dict(self) -> dict[str, int]:
+        return {"count": self.count, "ns": self.ns}
+
+
+@dataclass
+class _Counters:
+    inference_count: int = 0
+    execution_count: int = 0
+    last_inference_ms: int = 0
+    steps: dict[str, Duration] = field(default_factory=lambda: {s: Duration() for s in _STEPS})
+    batches: dict[int, Duration] = field(default_factory=dict)  # batch size -> runs and their time
+
+    def as_dict(self, name: str, version: str) -> dict[str, Any]:
+        zero = {"count": 0, "ns": 0}
+        return {
+            "name": name,
+            "version": version,
+            "last_inference": self.last_inference_ms,
+            "inference_count": self.inference_count,
+            "execution_count": self.execution_count,
+            "inference_stats": {
+                **{step: d.as_dict() for step, d in self.steps.items()},
+                **{step: dict(zero) for step in _NO_CACHE},
+            },
+            "batch_stats": [
+                {
+                    "batch_size": size,
+                    "compute_input": dict(zero),
+                    "compute_infer": runs.as_dict(),
+                    "compute_output": dict(zero),
+                }
+                for size, runs in sorted(self.batches.items())
+            ],
+            "memory_usage": [],
+        }
+
+
+class Statistics:
+    """Thread-safe counters keyed by (model, version); written from worker threads and event loops."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._models: dict[tuple[str, str], _Counters] = {}
+
+    def _counters(self, name: str, version: str) -> _Counters:
+        key = (name, version)
+        counters = self._models.get(key)
+        if counters is None:
+            counters = self._models[key] = _Counters()
+        return counters
+
+    def executed(self, name: str, version: str, batch_size: int, run_s: float) -> None:
+        """One onnxruntime run of ``batch_size`` images that succeeded."""
+        with self._lock:
+            counters = self._counters(name, version)
+            counters.execution_count += 1
+            counters.batches.setdefault(batch_size, Duration()).add(run_s)
+
+    def finished(
+        self,
+        name: str,
+        version: str,
+        *,
+        images: int,
+        total_s: float,
+        queue_s: float | None = None,
+        infer_s: float | None = None,
+    ) -> None:
+        """One request answered: its images, its time in the engine, its queue wait and its run."""
+        with self._lock:
+            counters = self._counters(name, version)
+            counters.inference_count += images
+            counters.last_inference_ms = time.time_ns() // 1_000_000
+            counters.steps["success"].add(total_s)
+            if queue_s is not None:
+                counters.steps["queue"].add(queue_s)
+            if infer_s is not None:
+                counters.steps["compute_infer"].add(infer_s)
+
+    def failed(self, name: str, version: str, total_s: float) -> None:
+        with self._lock:
+            self._counters(name, version).steps["fail"].add(total_s)
+
+    def step(self, name: str, version: str, step: str, seconds: float) -> None:
+        """``compute_input`` (decode) or ``compute_output`` (encode) of one front-door request."""
+        if step not in ("compute_input", "compute_output"):
+            raise ValueError(f"not a front-door step: {step!r}")
+        with self._lock:
+            self._counters(name, version).steps[step].add(seconds)
+
+    def report(self, versions: Iterable[tuple[str, str]]) -> dict[str, Any]:
+        """``{"model_stats": [...]}`` for the (name, version) pairs asked for, zeros where nothing ran."""
+        with self._lock:
+            return {
+                "model_stats": [
+                    self._models.get((name, version), _Counters()).as_dict(name, version)
+                    for name, version in versions
+                ]
+            }
