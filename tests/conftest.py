@@ -69,6 +69,8 @@ def server_process(
         "DANET_PROVIDERS": "CPUExecutionProvider",
         "DANET_INTRA_OP_THREADS": "1",
         "DANET_LOG_FORMAT": log_format,
+        # references are computed at the upload's size (the preferred-size policy has its own tests)
+        "DANET_INFER_AT_PREFERRED_SIZE": "false",
         **(env or {}),
     }
     return ServerProcess(

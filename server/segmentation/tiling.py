@@ -18,6 +18,8 @@ def inference_size(height: int, width: int, max_size: int | None) -> tuple[int, 
     if min(h, w) < MIN_SIDE:
         grow = MIN_SIDE / min(h, w)
         h, w = math.ceil(h * grow), math.ceil(w * grow)
+        if max_size is not None:  # a sliver (e.g. 1000x3): the cap wins over the aspect ratio
+            h, w = min(h, max(max_size, MIN_SIDE)), min(w, max(max_size, MIN_SIDE))
     return h, w
 
 

@@ -19,6 +19,7 @@ def fault_server(tiny_onnx: Path) -> Iterator[ServerProcess]:
         "DANET_MAX_UPLOAD_BYTES": str(MAX_UPLOAD_BYTES),
         "DANET_LOG_LEVEL": "WARNING",
         "DANET_ACCESS_LOG": "false",
+        "DANET_INFER_AT_PREFERRED_SIZE": "false",  # the corpus compares with the model run at full size
     }
     server = ServerProcess([tiny_onnx], env=env)
     server.start()
