@@ -133,14 +133,19 @@ def _bind(host: str, port: int, what: str) -> socket.socket:
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
-        raise StartupError(bind_problem(what, host, port, exc)) from exc
+        status = USAGE_ERROR if _bad_host(exc) else 1  # a wrong --host is a usage error, a busy port is not
+        raise StartupError(bind_problem(what, host, port, exc), status) from exc
     return sock
+
+
+def _bad_host(exc: BaseException) -> bool:
+    return getattr(exc, "errno", None) == errno.EADDRNOTAVAIL or isinstance(exc, socket.gaierror)
 
 
 def bind_problem(what: str, host: str, port: int, exc: BaseException) -> str:
     """One line: which address could not be bound, why, and the flag / variable / make line to change it."""
     code = getattr(exc, "errno", None)
-    if code == errno.EADDRNOTAVAIL or isinstance(exc, socket.gaierror):
+    if _bad_host(exc):
         return (
             f"cannot listen on host {host!r}: it is not an address of this machine; choose another with "
             "--host ADDRESS or DANET_HOST=ADDRESS (127.0.0.1 = this machine only, 0.0.0.0 = all interfaces)"

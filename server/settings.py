@@ -185,6 +185,12 @@ class Settings(BaseSettings):
         description="Largest reply the server builds (KServe v2 JSON or binary tensors; checked before "
         "inference from the output shapes).",
     )
+    max_json_reply_bytes: int = Field(
+        32 * 1024 * 1024,
+        ge=1024,
+        description="Largest KServe v2 REST reply whose tensors are JSON lists (about 1.4 M float values); "
+        "binary outputs are bounded by max_reply_bytes only.",
+    )
     infer_at_preferred_size: bool = Field(
         True,
         description="Whole-image inference runs at the model's preferred size (its metadata; the default "
@@ -310,7 +316,10 @@ class Settings(BaseSettings):
         if self.model_repository is not None and self.models:
             raise ValueError("give models (--model) or model_repository (--model-repository), not both")
         if self.model_repository is None and (self.model_control_mode != "none" or self.load_models):
-            raise ValueError("model_control_mode and load_models need model_repository")
+            raise ValueError(
+                "model_control_mode and load_models (--model-control-mode, --load-model) need "
+                "model_repository (--model-repository)"
+            )
         return self
 
     @field_validator("api_key", mode="before")

@@ -145,8 +145,20 @@ def test_busy_grpc_port_is_one_line_with_the_way_out() -> None:
         (["--model", "no/such/model.onnx"], {}, "--model no/such/model.onnx: no such file or directory"),
         (["--http-port", "9100", "--grpc-port", "9100"], {}, "--http-port and --grpc-port are both 9100"),
         (["--model", "a.onnx", "--model-repository", "."], {}, "give models (--model) or model_repository"),
+        ([], {"DANET_MODEL_CONTROL_MODE": "poll"}, "need model_repository (--model-repository)"),
+        (["--host", "no-such-host.invalid"], {}, "cannot listen on host 'no-such-host.invalid'"),
     ],
-    ids=["range", "env-type", "choice", "unknown-flag", "missing-model", "same-ports", "two-sources"],
+    ids=[
+        "range",
+        "env-type",
+        "choice",
+        "unknown-flag",
+        "missing-model",
+        "same-ports",
+        "two-sources",
+        "mode",
+        "host",
+    ],
 )
 def test_usage_errors_exit_2_with_one_line(args: list[str], env: dict[str, str], expected: str) -> None:
     result = _serve(args, env)
