@@ -52,6 +52,7 @@ static: $(VENV)/.dev
 pytest: $(VENV)/.dev
 	$(BIN)/pytest -q
 	$(BIN)/pytest -q -m load
+	$(BIN)/pytest -q -m matrix
 
 protos: $(VENV)/.dev
 	$(PY) -m protos.generate

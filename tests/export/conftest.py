@@ -126,6 +126,12 @@ REALISTIC_LAYOUTS: dict[str, tuple[str, dict[str, Any], dict[str, Any], list[str
         {"os": 8},
         [],
     ),
+    "mmseg-r101-v1c-os8": (
+        "mmseg",
+        {"depth": 101, "deep_stem": True, "stem_channels": 32, "base": 16},
+        {"os": 8},
+        [],
+    ),
     "official-r50-deepstem-os16": (
         "official",
         {"depth": 50, "deep_stem": True, "stem_width": 16, "base": 16},
