@@ -28,6 +28,7 @@ from server.segmentation.pipeline import limits_of
 router = APIRouter(prefix="/v2", tags=["kserve-v2"])
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
+_DATA_MARK = "\u0000danet-data-"  # stands for a tensor's JSON text until the reply is assembled
 MODEL_VERSION_HEADER = "X-Danet-Model-Version"
 EXTENSIONS = ["binary_tensor_data", *codec.EXTENSIONS]
 
@@ -112,7 +113,9 @@ async def _infer(
         header, binary = _split(body, request.headers.get(HEADER_LENGTH))
         images = _read_image_input(header, binary, info, settings, regions)
         requested = _requested_outputs(header, info, regions)
-        codec.check_reply_size(info, images.shape, requested, settings.max_reply_bytes)
+        codec.check_reply_size(
+            info, images.shape, requested, settings.max_reply_bytes, settings.max_json_reply_bytes
+        )
     info, results = await engine.infer_versioned(
         info.name, images, [r.name for r in requested], version=version or None
     )
@@ -158,6 +161,7 @@ def _encode(
     """The reply: JSON header and binary blobs (runs in a worker thread: large tensors take time)."""
     outputs: list[dict[str, Any]] = []
     blobs: list[bytes] = []
+    arrays: list[tuple[str, np.ndarray]] = []
     for out in requested:
         value = np.ascontiguousarray(results[out.name])
         entry: dict[str, Any] = {
@@ -176,12 +180,16 @@ def _encode(
             entry["parameters"] = {"binary_data_size": len(raw)}
             blobs.append(raw)
         else:
-            entry["data"] = codec.json_data(value)
+            entry["data"] = placeholder = f"{_DATA_MARK}{len(arrays)}"
+            arrays.append((placeholder, value))
         outputs.append(entry)
     response: dict[str, Any] = {"model_name": info.name, "model_version": info.version, "outputs": outputs}
     if "id" in header:
         response["id"] = header["id"]
-    return json.dumps(response).encode(), blobs
+    text = json.dumps(response)
+    for placeholder, value in arrays:  # tensors as JSON text, built in chunks (see codec.json_text)
+        text = text.replace(json.dumps(placeholder), codec.json_text(value), 1)
+    return text.encode(), blobs
 
 
 # --- the repository extension ---------------------------------------------------------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -35,6 +36,7 @@ BACKEND = "onnxruntime"
 #: extensions both protocols implement; REST adds ``binary_tensor_data``
 EXTENSIONS = ["model_configuration", "model_repository", "statistics", "system_shared_memory"]
 MAX_BATCH = 64  # images in one KServe request
+JSON_CHUNK = 16384  # values encoded per GIL hold in JSON replies
 #: bytes one element takes at most in a JSON reply (digits, sign, exponent, separator)
 _JSON_BYTES = {"BOOL": 6, "UINT8": 4, "INT8": 5, "UINT16": 6, "INT16": 7, "FP16": 24, "FP32": 24, "FP64": 25}
 _DTYPES = {v2: np.dtype(name) for v2, name in ORT_TYPES.values()}
@@ -156,11 +158,18 @@ def requested_outputs(info: ModelInfo, names: Sequence[str]) -> list[str]:
     return wanted
 
 
-def check_reply_size(info: ModelInfo, shape: Sequence[int], outputs: Sequence[Requested], limit: int) -> None:
-    """Refuse, before inference, a reply larger than ``limit`` bytes (from the output shapes), or an output
-    that does not fit the shared memory it is to be written to."""
+def check_reply_size(
+    info: ModelInfo,
+    shape: Sequence[int],
+    outputs: Sequence[Requested],
+    limit: int,
+    json_limit: int | None = None,
+) -> None:
+    """Refuse, before inference, a reply larger than ``limit`` bytes, or JSON tensors larger than
+    ``json_limit`` (from the output shapes), or an output that does not fit the shared memory it is to be
+    written to."""
     batch, height, width = shape[0], shape[1], shape[2]
-    total = 0
+    total = json_total = 0
     sizes = []
     for out in outputs:
         spec = next(t for t in info.outputs if t.name == out.name)
@@ -176,6 +185,14 @@ def check_reply_size(info: ModelInfo, shape: Sequence[int], outputs: Sequence[Re
         per = _JSON_BYTES.get(spec.datatype, 24) if not out.binary else _DTYPES[spec.datatype].itemsize
         sizes.append(f"{out.name} {'JSON' if not out.binary else 'binary'} ~{elements * per / 2**20:.0f} MiB")
         total += elements * per
+        json_total += 0 if out.binary else elements * per
+    if json_limit is not None and json_total > json_limit:
+        raise PayloadTooLarge(
+            f"the reply's JSON tensors would be about {json_total / 2**20:.0f} MiB ({', '.join(sizes)}); the "
+            f"server's limit is {json_limit / 2**20:.0f} MiB (max_json_reply_bytes): ask for binary outputs "
+            "(the binary tensor data extension: parameters.binary_data=true, tritonclient's default) and only "
+            "the outputs you need (`outputs`, e.g. labels)"
+        )
     if total > limit:
         binary = all(out.binary for out in outputs)
         hint = (
@@ -190,10 +207,18 @@ def check_reply_size(info: ModelInfo, shape: Sequence[int], outputs: Sequence[Re
         )
 
 
-def json_data(array: np.ndarray) -> list[Any]:
-    """A tensor as the flat JSON list the protocol's ``data`` holds (CPU work: call off the event loop)."""
-    values: list[Any] = array.ravel().tolist()
-    return values
+def json_text(array: np.ndarray, chunk: int = JSON_CHUNK) -> str:
+    """A tensor as the flat JSON list the protocol's ``data`` holds (CPU work: call off the event loop).
+
+    Encoded a chunk at a time: ``tolist`` and ``json.dumps`` hold the GIL for their whole call, so one call
+    on millions of values would stall the event loop (health checks included) for seconds; between chunks
+    the loop gets its turn."""
+    flat = array.ravel()
+    parts = []
+    for start in range(0, flat.size, chunk):
+        parts.append(json.dumps(flat[start : start + chunk].tolist())[1:-1])
+        time.sleep(0)  # hand the GIL over
+    return "[" + ",".join(p for p in parts if p) + "]"
 
 
 # --- model configuration ---------------------------------------------------------------------------

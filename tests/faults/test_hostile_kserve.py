@@ -17,7 +17,7 @@ from bench.tiny_model import build_tiny_model
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     model = build_tiny_model(tmp_path_factory.mktemp("hostile") / "tiny.onnx", logits=True, name="tiny")
-    env = {"DANET_MAX_REPLY_BYTES": str(4 << 20), "DANET_WARMUP_SIZES": "32x32", "DANET_ACCESS_LOG": "false"}
+    env = {"DANET_MAX_JSON_REPLY_BYTES": str(4 << 20), "DANET_WARMUP_SIZES": "32x32", "DANET_ACCESS_LOG": "false"}
     with ServerProcess([model], env=env, grpc=False) as proc:
         yield proc
 
@@ -67,7 +67,7 @@ def test_an_oversized_json_reply_is_refused_before_inference(server: ServerProce
     response = infer(server, tensor([1, 512, 512, 3], [0] * (512 * 512 * 3)))
     assert response.status_code == 413, response.text
     message = response.json()["error"]
-    assert "binary_data" in message and "`outputs`" in message and "max_reply_bytes" in message
+    assert "binary_data" in message and "`outputs`" in message and "max_json_reply_bytes" in message
     # the same request asking for binary labels only is served
     header = json.dumps(
         {
