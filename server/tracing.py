@@ -118,6 +118,11 @@ class OtelTracing:
 Tracing = NoTracing | OtelTracing
 
 
+def grpc_carrier(context: Any) -> dict[str, Any]:
+    """A gRPC call's metadata as a carrier for ``traceparent`` (gRPC keys are lower-case)."""
+    return dict(context.invocation_metadata() or ())
+
+
 def wanted(settings: Settings, environ: Mapping[str, str] = os.environ) -> bool:
     if environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
         return False

@@ -119,7 +119,7 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
     ) -> pb.ModelInferResponse:
         info = self._model(request.model_name, request.model_version)
         observer = self._engine.observer
-        with observer.request(f"{SERVICE_NAME}/ModelInfer", _metadata(context), info):
+        with observer.request(f"{SERVICE_NAME}/ModelInfer", tracing.grpc_carrier(context), info):
             with observer.step("decode", info, **{tracing.BYTES: request.ByteSize()}):
                 batch = self._input_batch(request, info)
                 names = codec.requested_outputs(info, [o.name for o in request.outputs])
@@ -249,8 +249,3 @@ def _values(parameters: Any) -> dict[str, Any]:
         choice = parameter.WhichOneof("parameter_choice")
         values[key] = getattr(parameter, choice) if choice else None
     return values
-
-
-def _metadata(context: Any) -> dict[str, Any]:
-    """The call's metadata as a carrier for ``traceparent`` (keys are lower-case in gRPC)."""
-    return {key: value for key, value in context.invocation_metadata() or ()}

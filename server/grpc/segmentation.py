@@ -15,6 +15,7 @@ from google.protobuf.message import Message
 
 from protos.gen.danet.segmentation.v1 import segmentation_pb2 as pb
 from protos.gen.danet.segmentation.v1 import segmentation_pb2_grpc as pb_grpc
+from server import tracing
 from server.engine import Engine, ModelInfo
 from server.errors import DanetError, InvalidImage, InvalidOption, NotReady
 from server.grpc.deadlines import within_deadline
@@ -174,13 +175,17 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
         info = self._segmenter.admit(options.model or None, version, segment_options)
         if pb.OUTPUT_KIND_CONFIDENCE in kinds and not info.has_confidence:
             raise InvalidOption(f"model {info.name!r} has no confidence output")
-        started = time.perf_counter()
-        image = await self._image(request)
-        decode_ms = (time.perf_counter() - started) * 1000.0
-        result = await within_deadline(
-            context, self._segmenter.segment(image, segment_options, model=info.name, version=version)
-        )
-        reply = await asyncio.to_thread(_reply, request, image, result, kinds)
+        observer = self._engine.observer
+        with observer.request(f"{SERVICE_NAME}/Segment", tracing.grpc_carrier(context), info):
+            started = time.perf_counter()
+            with observer.step("decode", info):
+                image = await self._image(request)
+            decode_ms = (time.perf_counter() - started) * 1000.0
+            result = await within_deadline(
+                context, self._segmenter.segment(image, segment_options, model=info.name, version=version)
+            )
+            with observer.step("encode", result.info):
+                reply = await asyncio.to_thread(_reply, request, image, result, kinds)
         reply.timings_ms["decode_ms"] = decode_ms
         return reply
 

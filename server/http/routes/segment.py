@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response
 
+from server import tracing
 from server.http.deps import SegmenterDep, SettingsDep
 from server.http.upload import UPLOAD_FIELDS, read_multipart_image
 from server.imaging import check_media_type, media_type
@@ -175,13 +176,19 @@ async def segment(
         stride=parse_size(stride, "stride"),
     )
     info = segmenter.admit(model, version, options)  # 404 / 503 / 422 before reading the body
-    data, declared = await read_image_bytes(request, settings.max_upload_bytes)
-    t1 = time.perf_counter()
-    image = await segmenter.decode(data, declared)
-    decode_ms = (time.perf_counter() - t1) * 1000
-    result = await segmenter.segment(image, options, model=info.name, version=version)
-    t2 = time.perf_counter()
-    body, media = await asyncio.to_thread(render, chosen, image, result, options, alpha=alpha, rle=rle)
+    observer = segmenter.engine.observer
+    with observer.request("POST /segment", request.headers, info):
+        data, declared = await read_image_bytes(request, settings.max_upload_bytes)
+        t1 = time.perf_counter()
+        with observer.step("decode", info, **{tracing.BYTES: len(data)}):
+            image = await segmenter.decode(data, declared)
+        decode_ms = (time.perf_counter() - t1) * 1000
+        result = await segmenter.segment(image, options, model=info.name, version=version)
+        t2 = time.perf_counter()
+        with observer.step("encode", result.info):
+            body, media = await asyncio.to_thread(
+                render, chosen, image, result, options, alpha=alpha, rle=rle
+            )
     timings = {"decode_ms": decode_ms, **result.timings, "encode_ms": (time.perf_counter() - t2) * 1000}
     timings["total_ms"] = (time.perf_counter() - t0) * 1000
     headers = {
