@@ -110,6 +110,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StartupError as exc:
         return _fail(str(exc), exc.status)
     configure_logging(settings.log_format, settings.log_level)
+    if settings.host in ("0.0.0.0", "::", "") and settings.api_key_value() is None:
+        logger.warning(
+            "listening on all interfaces (%s) without an API key: anyone who can reach ports %d/%d can use "
+            "this server; pass --host 127.0.0.1 or --api-key",
+            settings.host or "0.0.0.0",
+            settings.http_port,
+            settings.grpc_port,
+        )
     try:
         return asyncio.run(serve(settings))
     except (ModelLoadError, StartupError) as exc:
