@@ -12,7 +12,7 @@ from common.contract import DEFAULT_ONNX
 from models.synthetic import HELDOUT_STREAM, generate_scene
 from samples.generate import photo_like
 from server.engine import Engine
-from server.segmentation import SegmentOptions, Segmenter
+from server.segmentation import Segmenter, SegmentOptions
 from server.settings import Settings
 
 
