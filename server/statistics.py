@@ -3,13 +3,13 @@
 
 What is counted, and where it comes from (``server.observe`` is the one place that feeds it):
 
-- ``success`` / ``fail``: every request the engine ran (``Engine.run``: one KServe request, or one pass of
-  a ``/segment`` request), with its time from entering the queue to its result; ``inference_count`` adds
-  the images of each successful one, ``last_inference`` is when the last one finished.
-- ``queue`` and ``compute_infer``: per successful request, its wait in the queue and its batch's run
-  (every request of a batch is charged the whole run, as Triton does).
-- ``compute_input`` / ``compute_output``: the front doors' decode (tensor or image) and encode (tensor
-  bytes, PNG or JSON), once per front-door request.
+- ``success`` / ``fail``: every front-door request that reached the engine (a KServe inference, a
+  ``/segment`` or gRPC ``Segment`` call), with its whole time in the server; ``inference_count`` adds the
+  images it ran (each pass of a multi-pass ``/segment`` counts), ``last_inference`` is when it finished.
+- per successful request, counted together when it completes: ``queue`` (its waits for a worker),
+  ``compute_input`` (decoding the tensor or image), ``compute_infer`` (its runs; every request of a batch is
+  charged the whole run, as Triton does) and ``compute_output`` (encoding tensors, PNG or JSON).
+- runs with no front-door request behind them (warm-up) count as requests without decode or encode.
 - ``execution_count`` and ``batch_stats``: one entry per onnxruntime run, by batch size, with its run time
   (decode and encode happen per request, not per batch: the batch entries' ``compute_input`` and
   ``compute_output`` stay 0/0). These come from the same hook as the Prometheus batch metrics, warm-up
@@ -99,37 +99,34 @@ class Statistics:
             counters.execution_count += 1
             counters.batches.setdefault(batch_size, Duration()).add(run_s)
 
-    def finished(
+    def request(
         self,
         name: str,
         version: str,
         *,
-        images: int,
+        ok: bool,
         total_s: float,
+        images: int = 0,
         queue_s: float | None = None,
+        input_s: float | None = None,
         infer_s: float | None = None,
+        output_s: float | None = None,
     ) -> None:
-        """One request answered: its images, its time in the engine, its queue wait and its run."""
+        """One request, all its parts at once (clients such as perf_analyzer compare the counts of
+        ``compute_input``, ``compute_infer`` and ``compute_output`` between two reads): a failure counts
+        its time only."""
         with self._lock:
             counters = self._counters(name, version)
+            if not ok:
+                counters.steps["fail"].add(total_s)
+                return
             counters.inference_count += images
             counters.last_inference_ms = time.time_ns() // 1_000_000
             counters.steps["success"].add(total_s)
-            if queue_s is not None:
-                counters.steps["queue"].add(queue_s)
-            if infer_s is not None:
-                counters.steps["compute_infer"].add(infer_s)
-
-    def failed(self, name: str, version: str, total_s: float) -> None:
-        with self._lock:
-            self._counters(name, version).steps["fail"].add(total_s)
-
-    def step(self, name: str, version: str, step: str, seconds: float) -> None:
-        """``compute_input`` (decode) or ``compute_output`` (encode) of one front-door request."""
-        if step not in ("compute_input", "compute_output"):
-            raise ValueError(f"not a front-door step: {step!r}")
-        with self._lock:
-            self._counters(name, version).steps[step].add(seconds)
+            parts = (("queue", queue_s), ("compute_input", input_s), ("compute_infer", infer_s))
+            for step, seconds in (*parts, ("compute_output", output_s)):
+                if seconds is not None:
+                    counters.steps[step].add(seconds)
 
     def report(self, versions: Iterable[tuple[str, str]]) -> dict[str, Any]:
         """``{"model_stats": [...]}`` for the (name, version) pairs asked for, zeros where nothing ran."""

@@ -70,7 +70,12 @@ def test_counts_follow_requests_and_agree_with_prometheus(app_factory: AppFactor
     assert stats["inference_count"] - before["inference_count"] == 7
     assert inference["success"]["count"] - before["inference_stats"]["success"]["count"] == 4
     assert inference["fail"] == {"count": 0, "ns": 0}
-    for step in ("compute_input", "compute_output"):  # one decode and one encode per front-door request
+    # a request refused while decoding never reached the engine: not counted
+    assert client.post("/v2/models/tiny/infer", json={"inputs": []}).status_code == 400
+    stats = only(client.get("/v2/models/tiny/stats").json())
+    inference = stats["inference_stats"]
+    # every part of a request is counted when it ends, so the counts move together (perf_analyzer checks)
+    for step in ("queue", "compute_input", "compute_infer", "compute_output"):
         assert inference[step]["count"] - before["inference_stats"][step]["count"] == 4
         assert inference[step]["ns"] > before["inference_stats"][step]["ns"]
     assert stats["last_inference"] > 1_600_000_000_000  # ms since the epoch
@@ -131,5 +136,7 @@ def test_a_version_that_never_ran_reports_zeros() -> None:
     (entry,) = stats.report([("b", "3")])["model_stats"]
     assert entry["name"] == "b" and entry["execution_count"] == 0 and entry["batch_stats"] == []
     assert all(d == {"count": 0, "ns": 0} for d in entry["inference_stats"].values())
-    with pytest.raises(ValueError):
-        stats.step("a", "1", "queue", 1.0)
+    stats.request("b", "3", ok=False, total_s=0.25)
+    (entry,) = stats.report([("b", "3")])["model_stats"]
+    assert entry["inference_stats"]["fail"] == {"count": 1, "ns": 250_000_000}
+    assert entry["inference_stats"]["success"] == {"count": 0, "ns": 0} and entry["inference_count"] == 0
