@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PY := $(BIN)/python
 
-.PHONY: run test tools samples lint typecheck static pytest load protos train export-default bench peers clean
+.PHONY: run test tools samples lint typecheck static pytest load protos train export-default bench perf peers clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -65,6 +65,28 @@ export-default: $(VENV)/.dev
 
 bench: $(VENV)/.dev
 	$(BIN)/danet-bench $(ARGS)
+
+# Triton's perf_analyzer (in the dev extra's tritonclient) against a running danet-serve (`make run`), over
+# gRPC. It needs libb64.so.0d (Debian's libb64-0d, taken from the .deb without root) and libcudart.so.12 (the
+# nvidia-cuda-runtime-cu12 wheel), both kept in .venv/perf-libs. Shared memory:
+#   make perf PERF_ARGS='--concurrency-range 1:4 --shared-memory system --output-shared-memory-size 8388608'
+PERF_GRPC ?= localhost:8001
+PERF_MODEL ?= danet-synthetic
+PERF_SHAPE ?= 512,512,3
+PERF_ARGS ?= --concurrency-range 1:4
+PERF_LIBS := $(VENV)/perf-libs
+perf: $(PERF_LIBS)/.installed
+	LD_LIBRARY_PATH=$(PERF_LIBS)/lib:$(PERF_LIBS)/nvidia/cuda_runtime/lib$${LD_LIBRARY_PATH:+:$$LD_LIBRARY_PATH} \
+		$(BIN)/perf_analyzer -m $(PERF_MODEL) -i grpc -u $(PERF_GRPC) --shape image:$(PERF_SHAPE) $(PERF_ARGS)
+
+$(PERF_LIBS)/.installed: | $(VENV)/.dev
+	mkdir -p $(PERF_LIBS)/lib
+	if ! /sbin/ldconfig -p 2>/dev/null | grep -q 'libb64\.so\.0d'; then \
+		cd $(PERF_LIBS) && { apt-get download libb64-0d || { echo "libb64-0d not found: run apt-get update first"; exit 1; }; } \
+		&& dpkg-deb -x libb64-0d_*.deb deb && cp deb/usr/lib/*/libb64.so.0d lib/ && rm -rf deb libb64-0d_*.deb; \
+	fi
+	$(BIN)/pip install --quiet --no-deps --target $(PERF_LIBS) nvidia-cuda-runtime-cu12
+	touch $@
 
 # danet-bench --peers: KServe and LitServe in their own environment (KServe pins protobuf < 7, which
 # danet-serve's stubs cannot share). Not part of `make test`; the peer tests skip without it.
