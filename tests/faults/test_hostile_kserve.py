@@ -17,7 +17,11 @@ from bench.tiny_model import build_tiny_model
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     model = build_tiny_model(tmp_path_factory.mktemp("hostile") / "tiny.onnx", logits=True, name="tiny")
-    env = {"DANET_MAX_JSON_REPLY_BYTES": str(4 << 20), "DANET_WARMUP_SIZES": "32x32", "DANET_ACCESS_LOG": "false"}
+    env = {
+        "DANET_MAX_JSON_REPLY_BYTES": str(4 << 20),
+        "DANET_WARMUP_SIZES": "32x32",
+        "DANET_ACCESS_LOG": "false",
+    }
     with ServerProcess([model], env=env, grpc=False) as proc:
         yield proc
 
