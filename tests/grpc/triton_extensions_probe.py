@@ -16,26 +16,9 @@ from typing import Any
 import numpy as np
 import tritonclient.grpc as tgrpc
 import tritonclient.http as thttp
+import tritonclient.utils.shared_memory as shm  # unmodified (the client extra pins setuptools < 81)
 from google.protobuf.json_format import MessageToJson
 from tritonclient.utils import InferenceServerException
-
-
-def _pkg_resources() -> None:
-    """tritonclient's shared_memory module (the last release that accepts our protobuf) finds its C library
-    with ``pkg_resources``, which setuptools >= 81 no longer ships; give it the one function it calls."""
-    try:
-        import pkg_resources  # noqa: F401
-    except ImportError:
-        import types
-        from importlib import resources
-
-        shim = types.ModuleType("pkg_resources")
-        shim.resource_filename = lambda package, name: str(resources.files(package) / name)  # type: ignore[attr-defined]
-        sys.modules["pkg_resources"] = shim
-
-
-_pkg_resources()
-import tritonclient.utils.shared_memory as shm  # noqa: E402
 
 
 def error_of(call: Any) -> str | None:
