@@ -24,6 +24,7 @@ from pydantic import ValidationError
 
 from common.contract import DEFAULT_GRPC_PORT, DEFAULT_HTTP_PORT
 from server import __version__
+from server.allocator import reexec_with_allocator
 from server.engine import Engine
 from server.errors import ModelLoadError
 from server.flags import add_settings_flags, explain, flag_name, overrides_from
@@ -109,6 +110,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(f"invalid setting: {explain(exc, Settings)}", USAGE_ERROR)
     except StartupError as exc:
         return _fail(str(exc), exc.status)
+    if argv is None:  # the process itself, not a caller in Python: preload the C allocator (once)
+        reexec_with_allocator(settings)
     configure_logging(settings.log_format, settings.log_level)
     if settings.host in ("0.0.0.0", "::", "") and settings.api_key_value() is None:
         logger.warning(

@@ -27,6 +27,7 @@ from typing import Any
 
 import onnxruntime as ort
 
+from server import allocator
 from server.errors import ModelLoadError
 from server.settings import Settings
 
@@ -249,7 +250,7 @@ def create_session(
         label,
         active,
         reason,
-        "on" if arena else "off (large model)",
+        "on" if arena else f"off (large model; {allocator.describe()})",
         extra={"provider": active, "model": label, "fallback": fallback},
     )
     return SessionHandle(
