@@ -88,6 +88,7 @@ class OtelTracing:
 
         self._trace = trace
         self.provider = provider
+        self._clock_offset = time.time_ns() - time.monotonic_ns()  # monotonic instants -> epoch ns
         self._tracer = provider.get_tracer("danet-serve")
         self._propagator = TraceContextTextMapPropagator()
 
@@ -107,7 +108,7 @@ class OtelTracing:
 
     def record(self, name: str, start: float, end: float, attributes: dict[str, Any]) -> None:
         """A span after the fact, from ``time.monotonic`` instants (the queue wait, the run)."""
-        offset = time.time_ns() - time.monotonic_ns()
+        offset = self._clock_offset  # one offset for every span: adjacent spans meet exactly
         span = self._tracer.start_span(name, start_time=offset + round(start * 1e9), attributes=attributes)
         span.end(end_time=offset + round(end * 1e9))
 

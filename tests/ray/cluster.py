@@ -69,6 +69,7 @@ class ServeCluster:
             "providers": ["CPUExecutionProvider"],
             "warmup_sizes": ["32x32"],
             "log_format": "text",
+            "infer_at_preferred_size": False,  # the tests compare with a full-size onnxruntime run
             **args,
         }
         spec = copy.deepcopy(app["deployments"][0])
