@@ -124,6 +124,9 @@ def server_env(plan: Plan) -> dict[str, str]:
         "DANET_REQUEST_TIMEOUT_S": "7200",
         "DANET_WARMUP_SIZES": ",".join(report.size_text(s) for s in plan.sizes),
         "DANET_MAX_INFERENCE_SIZE": str(max(2048, longest)),
+        # the floor runs at the size measured: so does the server (not at the model's preferred size)
+        "DANET_INFER_AT_PREFERRED_SIZE": "false",
+        "DANET_MAX_REQUEST_PIXELS": str(max(100_000_000, 8 * longest * longest)),
         "DANET_MAX_UPLOAD_BYTES": str(256 * 1024 * 1024),
         "DANET_ACCESS_LOG": "false",
         "DANET_LOG_LEVEL": "WARNING",
