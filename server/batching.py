@@ -123,7 +123,6 @@ class Batcher:
         self._closing = False
         self._busy = 0
         self._running: dict[int, _Request] = {}  # id(future) -> request, while its batch runs
-        self.abandoned = 0  # requests whose callers went away (left the queue or were stopped)
         self._threads = [
             threading.Thread(target=self._worker, name=f"infer-{name}-{i}", daemon=True)
             for i in range(workers)
@@ -183,13 +182,11 @@ class Batcher:
                 if queued.future is future:
                     self._queue.remove(queued)
                     future.cancel()
-                    self.abandoned += 1
                     return "queue"
             running = self._running.get(id(future))
             if running is None or running.abandoned:
                 return None
             running.abandoned = True
-            self.abandoned += 1
             if running.batch is not None and all(r.abandoned for r in running.batch):
                 token = running.token
         if token is not None:

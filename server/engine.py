@@ -157,7 +157,7 @@ class Engine:
         return [versions[-1].info for versions in self.repository.snapshot().values()]
 
     def get_model(self, name: str | None = None, version: str | None = None) -> ModelInfo:
-        return self._entry(name, version).info
+        return self.instance(name, version).info
 
     def versions(self, name: str) -> list[ModelInfo]:
         """Every ready version of ``name``, oldest first."""
@@ -170,7 +170,7 @@ class Engine:
     def admit(self, name: str | None = None, version: str | None = None) -> ModelInfo:
         """The model's info, or NotReady / Overloaded at once: adapters call this before reading or decoding
         an upload, so that a full queue costs a rejected client nothing but the round trip."""
-        entry = self._entry(name, version)
+        entry = self.instance(name, version)
         self._check_ready()
         try:
             entry.batcher.check_capacity()
@@ -180,13 +180,11 @@ class Engine:
         return entry.info
 
     def queue_depth(self, name: str | None = None) -> int:
-        return self.repository.queue_depth(self._entry(name).info.name)
+        return self.repository.queue_depth(self.instance(name).info.name)
 
     def instance(self, name: str | None, version: str | None = None) -> ModelInstance:
         """The instance serving (name, version) now (for its configuration; requests use ``lease``)."""
         return self.repository.current(name, version)
-
-    _entry = instance
 
     # --- raw inference ----------------------------------------------------------------------------
     @contextlib.contextmanager

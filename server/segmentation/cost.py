@@ -8,7 +8,6 @@ message (``PayloadTooLarge``: HTTP 413, gRPC RESOURCE_EXHAUSTED).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 from server.errors import PayloadTooLarge
@@ -65,19 +64,3 @@ def check_picture(size: Size, limits: Limits, what: str) -> None:
             f"{what} resizes the image to {size[0]}x{size[1]} = {size[0] * size[1]} pixels; the server's "
             f"limit is {limits.max_pixels} (max_pixels): lower base_size, max_size or the scales"
         )
-
-
-def slide_grid(height: int, width: int, crop: Size, stride: Size) -> tuple[int, Size]:
-    """(number of windows, window size) of ``tiling.slide_windows`` without listing them."""
-    crop_h, crop_w = min(crop[0], height), min(crop[1], width)
-    rows = max(height - crop_h + stride[0] - 1, 0) // stride[0] + 1
-    cols = max(width - crop_w + stride[1] - 1, 0) // stride[1] + 1
-    return rows * cols, (crop_h, crop_w)
-
-
-def official_grid(height: int, width: int, crop: int, stride: int) -> int:
-    """Number of windows of ``tta.official_windows`` (each padded to crop x crop) without listing them."""
-    if max(height, width) <= crop:
-        return 1
-    ph, pw = max(height, crop), max(width, crop)
-    return (math.ceil((ph - crop) / stride) + 1) * (math.ceil((pw - crop) / stride) + 1)

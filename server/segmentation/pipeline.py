@@ -19,9 +19,9 @@ from server.errors import InvalidImage, InvalidOption, PayloadTooLarge
 from server.imaging import decode_image, resize_nearest, resize_rgb
 from server.instance import ModelInstance
 from server.model import ModelInfo
-from server.segmentation.cost import Cost, Limits, check_picture, slide_grid
+from server.segmentation.cost import Cost, Limits, check_picture
 from server.segmentation.options import SegmentOptions, Size
-from server.segmentation.tiling import inference_size, labels_and_confidence, scaled_size
+from server.segmentation.tiling import inference_size, labels_and_confidence, scaled_size, slide_grid
 from server.segmentation.tta import IN_FLIGHT, LogitsFn, own_logits, plan_preset, run_preset
 
 if TYPE_CHECKING:
@@ -158,8 +158,8 @@ class Segmenter:
             if options.mode == "whole":
                 cost.add(size, flips)
             else:
-                windows, window = slide_grid(size[0], size[1], crop, stride)
-                cost.add(window, flips * windows)
+                rows, cols, window = slide_grid(size[0], size[1], crop, stride)
+                cost.add(window, flips * rows * cols)
         cost.check(self.limits, what)
         return cost
 

@@ -27,15 +27,24 @@ def scaled_size(height: int, width: int, scale: float) -> tuple[int, int]:
     return max(MIN_SIDE, round(height * scale)), max(MIN_SIDE, round(width * scale))
 
 
+def slide_grid(
+    height: int, width: int, crop: tuple[int, int], stride: tuple[int, int]
+) -> tuple[int, int, tuple[int, int]]:
+    """(rows, columns, window size) of the windows ``slide_windows`` lists; cost checks count with it."""
+    crop_h, crop_w = min(crop[0], height), min(crop[1], width)
+    stride_h, stride_w = max(1, stride[0]), max(1, stride[1])
+    rows = max(height - crop_h + stride_h - 1, 0) // stride_h + 1
+    cols = max(width - crop_w + stride_w - 1, 0) // stride_w + 1
+    return rows, cols, (crop_h, crop_w)
+
+
 def slide_windows(
     height: int, width: int, crop: tuple[int, int], stride: tuple[int, int]
 ) -> list[tuple[int, int, int, int]]:
     """(y0, y1, x0, x1) windows covering the image; all of one size min(crop, image), last ones flush with
     the far edge (as in MMSegmentation's slide inference)."""
-    crop_h, crop_w = min(crop[0], height), min(crop[1], width)
+    rows, cols, (crop_h, crop_w) = slide_grid(height, width, crop, stride)
     stride_h, stride_w = max(1, stride[0]), max(1, stride[1])
-    rows = max(height - crop_h + stride_h - 1, 0) // stride_h + 1
-    cols = max(width - crop_w + stride_w - 1, 0) // stride_w + 1
     windows = []
     for r in range(rows):
         for c in range(cols):
@@ -43,6 +52,16 @@ def slide_windows(
             x1 = min(c * stride_w + crop_w, width)
             windows.append((y1 - crop_h, y1, x1 - crop_w, x1))
     return windows
+
+
+def official_grid(height: int, width: int, crop: int, stride: int) -> tuple[tuple[int, int], int, int]:
+    """(canvas size, rows, columns) of PyTorch-Encoding's MultiEvalModule windows on a ``height x width``
+    picture: one window when it fits the crop, else the picture padded to at least the crop and cut every
+    ``stride`` pixels; each window is padded to a full crop before it runs."""
+    if max(height, width) <= crop:
+        return (height, width), 1, 1
+    ph, pw = (max(height, crop), max(width, crop)) if min(height, width) < crop else (height, width)
+    return (ph, pw), math.ceil((ph - crop) / stride) + 1, math.ceil((pw - crop) / stride) + 1
 
 
 def _interp_matrix(src: int, dst: int, align_corners: bool = False) -> np.ndarray:

@@ -37,13 +37,15 @@ import numpy as np
 
 from server.errors import InvalidOption
 from server.imaging import resize_rgb
-from server.segmentation.cost import Cost, Limits, check_picture, official_grid, slide_grid
+from server.segmentation.cost import Cost, Limits, check_picture
 from server.segmentation.options import MIN_INPUT, PRESETS, SegmentOptions, Size, check_stride, pair
 from server.segmentation.tiling import (
     labels_and_confidence,
+    official_grid,
     resize_image,
     resize_logits,
     scaled_size,
+    slide_grid,
     slide_windows,
 )
 
@@ -185,14 +187,10 @@ def official_windows(
     new_h: int, new_w: int, crop: int, stride: int
 ) -> tuple[Size, list[tuple[int, int, int, int]]]:
     """The canvas (the picture padded as MultiEvalModule pads it) and its windows, for one scale's size."""
-    if max(new_h, new_w) <= crop:
-        return (new_h, new_w), [(0, new_h, 0, new_w)]
-    ph, pw = (max(new_h, crop), max(new_w, crop)) if min(new_h, new_w) < crop else (new_h, new_w)
-    h_grids = int(math.ceil(1.0 * (ph - crop) / stride)) + 1
-    w_grids = int(math.ceil(1.0 * (pw - crop) / stride)) + 1
+    (ph, pw), rows, cols = official_grid(new_h, new_w, crop, stride)
     windows = []
-    for idh in range(h_grids):
-        for idw in range(w_grids):
+    for idh in range(rows):
+        for idw in range(cols):
             h0, w0 = idh * stride, idw * stride
             windows.append((h0, min(h0 + crop, ph), w0, min(w0 + crop, pw)))
     return (ph, pw), windows
@@ -435,13 +433,14 @@ def plan_preset(
         check_picture(size, limits, what)
         if options.tta == "official":
             assert crop is not None and stride is not None
-            cost.add(crop, flips * official_grid(size[0], size[1], crop[0], stride[0]))
+            _, rows, cols = official_grid(size[0], size[1], crop[0], stride[0])
+            cost.add(crop, flips * rows * cols)
         elif crop is None:
             cost.add(size, flips)
         else:
             assert stride is not None
-            windows, window = slide_grid(size[0], size[1], crop, stride)
-            cost.add(window, flips * windows)
+            rows, cols, window = slide_grid(size[0], size[1], crop, stride)
+            cost.add(window, flips * rows * cols)
     cost.check(limits, what)
     return PresetPlan(
         tta=options.tta,

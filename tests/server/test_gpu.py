@@ -48,7 +48,7 @@ def test_gpu_engine_matches_cpu(tiny_onnx: Path, tmp_path: Path, providers: list
             on_cpu = asyncio.run(Segmenter(cpu).segment(image, options))
             assert on_gpu.provider == info.provider
             np.testing.assert_array_equal(on_gpu.labels, on_cpu.labels)
-        assert gpu._entry(None).use_io_binding  # GPU runs go through IO binding by default
+        assert gpu.instance(None).use_io_binding  # GPU runs go through IO binding by default
         batch = np.stack([make_scene(64, 64, seed=s) for s in range(3)])
         out = asyncio.run(gpu.infer(None, batch, ["labels", "logits"]))
         ref = asyncio.run(cpu.infer(None, batch, ["labels", "logits"]))

@@ -254,7 +254,7 @@ def test_overloaded_is_503_with_retry_after(app_factory) -> None:
     import threading
 
     client, engine = app_factory(max_queue=1, retry_after_s=3)
-    entry = engine._entry(None)
+    entry = engine.instance(None)
     release = threading.Event()
     original = entry.batcher._run_fn
 
@@ -310,7 +310,7 @@ def test_slow_inference_is_504(app_factory) -> None:
     import threading
 
     client, engine = app_factory(request_timeout_s=0.2)
-    entry = engine._entry(None)
+    entry = engine.instance(None)
     release = threading.Event()
     original = entry.batcher._run_fn
 

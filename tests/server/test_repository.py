@@ -212,7 +212,7 @@ def test_explicit_load_swap_failure_and_unload(app_factory: Any, tmp_path: Path)
     assert client.post("/v2/repository/models/tiny/load").status_code == 200
     assert client.get("/v2/models/tiny/ready").status_code == 200
 
-    old_session = weakref.ref(engine._entry("tiny").handle.session)
+    old_session = weakref.ref(engine.instance("tiny").handle.session)
     add_version(tmp_path, 2)
     assert client.post("/v2/repository/models/tiny/load", json={"parameters": {}}).status_code == 200
     gc.collect()
