@@ -28,6 +28,7 @@ from server.metrics import Metrics
 from server.model import ModelInfo, TensorSpec
 from server.observe import Observer
 from server.repository import ModelRepository
+from server.segmentation.cost import Limits
 from server.segmentation.tiling import inference_size
 from server.settings import Settings, parse_size
 from server.statistics import Statistics
@@ -44,6 +45,7 @@ class Engine:
     def __init__(self, settings: Settings, *, metrics: Metrics | None = None) -> None:
         self.settings = settings
         self.metrics = metrics or Metrics()
+        self.limits = Limits.from_settings(settings)  # what one request may cost, for every front door
         self.observer = Observer(Statistics(), tracing.from_settings(settings))
         self.shared_memory = SharedMemoryRegistry(
             enabled=settings.allow_client_shm, max_regions=settings.max_shm_regions

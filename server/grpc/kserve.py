@@ -24,7 +24,6 @@ from server.grpc.deadlines import within_deadline
 from server.grpc.errors import status_for, translate_errors, translate_stream_errors
 from server.grpc.streaming import ordered_replies
 from server.kserve import codec, shm
-from server.segmentation.pipeline import limits_of
 from server.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -36,7 +35,6 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
     def __init__(self, settings: Settings, engine: Engine, *, stream_window: int | None = None) -> None:
         self._settings = settings
         self._engine = engine
-        self._limits = limits_of(settings)
         self._window = stream_window or max(2, min(int(settings.max_batch_size), 16))
 
     # --- health and metadata ----------------------------------------------------------------------
@@ -202,7 +200,7 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
             got = [t.name for t in request.inputs]
             raise InvalidOption(f"expected exactly one input named {codec.INPUT_IMAGE!r}, got {got}")
         tensor = request.inputs[0]
-        shape = codec.image_shape(tensor.name, tensor.datatype, list(tensor.shape), info, self._limits)
+        shape = codec.image_shape(tensor.name, tensor.datatype, list(tensor.shape), info, self._engine.limits)
         ref = self._engine.shared_memory.reference(_values(tensor.parameters), tensor.name)
         if ref is not None:
             if request.raw_input_contents or tensor.HasField("contents"):

@@ -23,7 +23,7 @@ from server.http.deps import EngineDep, SettingsDep
 from server.kserve import codec, shm
 from server.kserve.shm import SharedMemoryRegistry
 from server.model import ModelInfo
-from server.segmentation.pipeline import limits_of
+from server.segmentation.cost import Limits
 
 router = APIRouter(prefix="/v2", tags=["kserve-v2"])
 
@@ -111,7 +111,7 @@ async def _infer(
     with observer.step("decode", info, **{tracing.BYTES: len(raw)}):
         body = _decompress(raw, request.headers.get("content-encoding"), settings.max_upload_bytes)
         header, binary = _split(body, request.headers.get(HEADER_LENGTH))
-        images = _read_image_input(header, binary, info, settings, regions)
+        images = _read_image_input(header, binary, info, engine.limits, regions)
         requested = _requested_outputs(header, info, regions)
         codec.check_reply_size(
             info, images.shape, requested, settings.max_reply_bytes, settings.max_json_reply_bytes
@@ -251,15 +251,13 @@ async def shm_unregister(engine: EngineDep, region: str = "") -> JSONResponse:
 
 
 def _read_image_input(
-    header: dict[str, Any], binary: bytes, info: ModelInfo, settings: Any, regions: SharedMemoryRegistry
+    header: dict[str, Any], binary: bytes, info: ModelInfo, limits: Limits, regions: SharedMemoryRegistry
 ) -> np.ndarray:
     inputs = header.get("inputs")
     if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
         raise InvalidOption(f"expected exactly one input {codec.INPUT_IMAGE!r}, got {_names(inputs)}")
     tensor = inputs[0]
-    shape = codec.image_shape(
-        tensor.get("name"), tensor.get("datatype"), tensor.get("shape"), info, limits_of(settings)
-    )
+    shape = codec.image_shape(tensor.get("name"), tensor.get("datatype"), tensor.get("shape"), info, limits)
     parameters = tensor.get("parameters")
     parameters = {} if parameters is None else parameters
     if not isinstance(parameters, dict):

@@ -9,6 +9,7 @@ message (``PayloadTooLarge``: HTTP 413, gRPC RESOURCE_EXHAUSTED).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from server.errors import PayloadTooLarge
 from server.segmentation.options import Size
@@ -22,6 +23,15 @@ class Limits:
     max_inference_size: int | None  # longest side of one model pass
     max_request_pixels: int  # all passes together
     max_passes: int  # model passes of one request
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> Limits:
+        return cls(
+            max_pixels=settings.max_pixels,
+            max_inference_size=settings.max_inference_size,
+            max_request_pixels=settings.max_request_pixels,
+            max_passes=settings.max_passes,
+        )
 
 
 @dataclass

@@ -19,7 +19,7 @@ from server.errors import InvalidImage, InvalidOption, PayloadTooLarge
 from server.imaging import decode_image, resize_nearest, resize_rgb
 from server.instance import ModelInstance
 from server.model import ModelInfo
-from server.segmentation.cost import Cost, Limits, check_picture
+from server.segmentation.cost import Cost, check_picture
 from server.segmentation.options import SegmentOptions, Size
 from server.segmentation.tiling import inference_size, labels_and_confidence, scaled_size, slide_grid
 from server.segmentation.tta import IN_FLIGHT, LogitsFn, own_logits, plan_preset, run_preset
@@ -27,7 +27,7 @@ from server.segmentation.tta import IN_FLIGHT, LogitsFn, own_logits, plan_preset
 if TYPE_CHECKING:
     from server.engine import Engine
 
-__all__ = ["SegmentResult", "Segmenter", "limits_of"]
+__all__ = ["SegmentResult", "Segmenter"]
 
 
 @dataclass
@@ -49,15 +49,6 @@ class SegmentResult:
         return self.info.provider
 
 
-def limits_of(settings: Any) -> Limits:
-    return Limits(
-        max_pixels=settings.max_pixels,
-        max_inference_size=settings.max_inference_size,
-        max_request_pixels=settings.max_request_pixels,
-        max_passes=settings.max_passes,
-    )
-
-
 def _label_dtype(info: ModelInfo) -> type[np.unsignedinteger[Any]]:
     """Class maps are uint8 up to 256 classes, uint16 above."""
     return np.uint8 if info.num_classes <= 256 else np.uint16
@@ -69,7 +60,7 @@ class Segmenter:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.settings = engine.settings
-        self.limits = limits_of(engine.settings)
+        self.limits = engine.limits
 
     # --- before the body is read ------------------------------------------------------------------
     def admit(self, model: str | None, version: str | None, options: SegmentOptions) -> ModelInfo:
