@@ -18,12 +18,17 @@ system malloc stays the default. What the environment already sets is kept.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
+import platform
 import sys
-from collections.abc import Callable, Mapping, Sequence
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from server.settings import Settings
 
@@ -164,3 +169,88 @@ def describe(environ: Mapping[str, str] | None = None) -> str:
     else:
         huge = "glibc.malloc.hugetlb=1" in environ.get("GLIBC_TUNABLES", "")
     return f"{name}, {'transparent huge pages' if huge else '4 KiB pages'}"
+
+
+# --- glibc's thresholds per run (models without the CPU arena) -----------------------------------------
+
+#: mallopt parameter numbers (glibc malloc.h).
+M_TRIM_THRESHOLD = -1
+M_MMAP_THRESHOLD = -3
+#: Give back: blocks from 128 KiB are mapped per allocation and unmapped when freed; the heap's top is
+#: trimmed past 128 KiB. Memory follows what is live.
+GIVE_BACK = (128 * 1024, 128 * 1024)
+#: Reuse: blocks up to 32 MiB (glibc's largest mmap threshold) are served from the heap and stay there
+#: when freed, for the next run; the heap is not trimmed below 1 GiB.
+REUSE = (32 * 1024 * 1024, 1024 * 1024 * 1024)
+
+
+class HeapModes:
+    """glibc's mmap and trim thresholds, chosen per onnxruntime run by the run's pixels.
+
+    A run of up to ``reuse_max_pixels`` input pixels reuses freed blocks (:data:`REUSE`): no page faults
+    and no zeroing after the first run of that size, at the cost of keeping that size's high-water mark.
+    A larger run first hands that memory back (``malloc_trim(0)``) and then maps its activations fresh
+    (:data:`GIVE_BACK`), so its peak is its live set. The thresholds are process-wide: while any large
+    run is in flight every run gives back. A no-op where glibc is not the C library.
+    """
+
+    def __init__(self, libc: Any = None) -> None:
+        self._lock = threading.Lock()
+        self._large = 0
+        self._mode: tuple[int, int] | None = None
+        self._libc = libc if libc is not None else _glibc()
+        self.trims = 0
+
+    @property
+    def available(self) -> bool:
+        return self._libc is not None
+
+    @contextmanager
+    def run(self, pixels: int, reuse_max_pixels: int) -> Iterator[None]:
+        """Around one run of ``pixels`` input pixels (batch included)."""
+        if self._libc is None:
+            yield
+            return
+        large = pixels > reuse_max_pixels
+        with self._lock:
+            if large:
+                self._large += 1
+                if self._mode != GIVE_BACK:
+                    self._set(GIVE_BACK)
+                    self._libc.malloc_trim(0)
+                    self.trims += 1
+            elif self._large == 0 and self._mode != REUSE:
+                self._set(REUSE)
+        try:
+            yield
+        finally:
+            if large:
+                with self._lock:
+                    self._large -= 1
+
+    def _set(self, mode: tuple[int, int]) -> None:
+        mmap_threshold, trim_threshold = mode
+        self._libc.mallopt(M_MMAP_THRESHOLD, mmap_threshold)
+        self._libc.mallopt(M_TRIM_THRESHOLD, trim_threshold)
+        self._mode = mode
+
+
+def _glibc() -> Any:
+    if sys.platform != "linux" or platform.libc_ver()[0] != "glibc":
+        return None
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.malloc_trim  # noqa: B018 - present in every glibc; the probe fails elsewhere
+        return libc
+    except (OSError, AttributeError):
+        return None
+
+
+#: The process's one set of thresholds (mallopt is process-wide).
+HEAP = HeapModes()
+
+
+def heap_modes_apply(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether :data:`HEAP` chooses the thresholds: glibc malloc, and no threshold set by the user."""
+    environ = os.environ if environ is None else environ
+    return HEAP.available and "MALLOC_MMAP_THRESHOLD_" not in environ and loaded_allocator() is None

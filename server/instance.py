@@ -8,6 +8,7 @@ retires instances; the engine schedules requests onto them.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from common.contract import INPUT_IMAGE
+from server import allocator
 from server.batching import Batcher, BatchStats, CancelToken
 from server.errors import Cancelled
 from server.model import ModelInfo
@@ -70,6 +72,7 @@ class ModelInstance:
     batching: BatchingConfig
     use_io_binding: bool
     fingerprint: Fingerprint = ()
+    heap_reuse_max_pixels: int | None = None  # CPU sessions without the arena: allocator.HEAP per run
     batcher: Batcher = field(init=False)
     _active: int = 0
     _idle: threading.Condition = field(default_factory=threading.Condition)
@@ -86,7 +89,10 @@ class ModelInstance:
         on_batch: Callable[[ModelInfo, BatchStats], None] | None = None,
     ) -> ModelInstance:
         batching = BatchingConfig.resolve(settings, handle.on_gpu, config)
-        instance = cls(info, handle, batching, settings.io_binding and handle.on_gpu, fingerprint)
+        heap = None
+        if not handle.cpu_arena and not handle.on_gpu and allocator.heap_modes_apply():
+            heap = settings.cpu_heap_reuse_max_pixels
+        instance = cls(info, handle, batching, settings.io_binding and handle.on_gpu, fingerprint, heap)
         instance.batcher = Batcher(
             lambda images, outputs, token: instance.run(
                 images, outputs, token
@@ -121,21 +127,28 @@ class ModelInstance:
         options = ort.RunOptions()
         token.on_cancel(lambda: setattr(options, "terminate", True))
         session = self.handle.session
+        heap: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
+        if self.heap_reuse_max_pixels is not None:
+            pixels = int(np.prod(images.shape[:-1])) if images.ndim == 4 else int(images.size)
+            heap = allocator.HEAP.run(pixels, self.heap_reuse_max_pixels)
         try:
-            if self.use_io_binding:
-                binding = session.io_binding()
-                binding.bind_cpu_input(INPUT_IMAGE, images)
-                for name in outputs:
-                    binding.bind_output(name)  # onnxruntime allocates; copied back below
-                session.run_with_iobinding(binding, options)
-                values = binding.copy_outputs_to_cpu()
-            else:
-                values = session.run(list(outputs), {INPUT_IMAGE: images}, options)
+            with heap:
+                values = self._run(session, images, outputs, options)
         except Exception as exc:
             if token.cancelled:
                 raise Cancelled("the run was stopped: every caller had gone") from exc
             raise
         return dict(zip(outputs, values, strict=True))
+
+    def _run(self, session: Any, images: np.ndarray, outputs: tuple[str, ...], options: Any) -> list[Any]:
+        if self.use_io_binding:
+            binding = session.io_binding()
+            binding.bind_cpu_input(INPUT_IMAGE, images)
+            for name in outputs:
+                binding.bind_output(name)  # onnxruntime allocates; copied back below
+            session.run_with_iobinding(binding, options)
+            return list(binding.copy_outputs_to_cpu())
+        return list(session.run(list(outputs), {INPUT_IMAGE: images}, options))
 
     # --- leases -----------------------------------------------------------------------------------
     def enter(self) -> None:

@@ -17,7 +17,6 @@ import ctypes.util
 import functools
 import io
 import logging
-import os
 import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -60,6 +59,7 @@ class SessionHandle:
     fallback: bool  # a GPU provider was wanted but the session runs on CPU
     notes: list[str] = field(default_factory=list)  # why providers were dropped
     reason: str = ""  # why ``provider`` runs, in one phrase (for the log line and /readyz)
+    cpu_arena: bool = True  # onnxruntime's CPU arena holds the activations (else malloc does)
 
     @property
     def fallback_reason(self) -> str | None:
@@ -125,26 +125,17 @@ def use_cpu_arena(settings: Settings, model_bytes: int) -> bool:
     return settings.cpu_mem_arena and (limit is None or model_bytes <= limit * 1e6)
 
 
-#: glibc ``mallopt`` parameter number of M_MMAP_THRESHOLD.
-_M_MMAP_THRESHOLD = -3
+def loading_memory(arena: bool) -> contextlib.AbstractContextManager[None]:
+    """Around creating a session without the CPU arena: glibc gives freed blocks back while it loads.
 
-
-@functools.cache
-def pin_mmap_threshold(threshold: int = 128 * 1024) -> bool:
-    """Pin glibc's mmap threshold so that large freed blocks go back to the OS (once per process).
-
-    Without the CPU arena, onnxruntime frees every activation; but glibc raises its mmap threshold
-    after the first large free (up to 32 MiB), after which freed blocks below it stay in the heap:
-    the model-loading buffers alone kept ~175 MB resident for DANet-R50 (measured). Respects an
-    explicit ``MALLOC_MMAP_THRESHOLD_``; a no-op where glibc is not the C library.
+    Loading frees large buffers early; kept in malloc's heap, DANet-R50's alone held ~175 MB after
+    loading (measured). Loading counts as a large run of :data:`server.allocator.HEAP` (thresholds at
+    128 KiB, the heap trimmed first); nothing happens with the arena, another allocator or an explicit
+    ``MALLOC_MMAP_THRESHOLD_``.
     """
-    if "MALLOC_MMAP_THRESHOLD_" in os.environ:
-        return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return bool(libc.mallopt(_M_MMAP_THRESHOLD, threshold))
-    except (OSError, AttributeError):
-        return False
+    if arena or not allocator.heap_modes_apply():
+        return contextlib.nullcontext()
+    return allocator.HEAP.run(sys.maxsize, 0)
 
 
 def session_options(settings: Settings, model_bytes: int = 0) -> ort.SessionOptions:
@@ -160,6 +151,8 @@ def session_options(settings: Settings, model_bytes: int = 0) -> ort.SessionOpti
         options.intra_op_num_threads = settings.intra_op_threads
     if settings.inter_op_threads:
         options.inter_op_num_threads = settings.inter_op_threads
+    if not settings.intra_op_spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 3  # provider load failures are reported by us, once, clearly
     return options
 
@@ -202,14 +195,12 @@ def create_session(
     source = str(model) if isinstance(model, Path) else model
     model_bytes = _size_of(model)
     arena = use_cpu_arena(settings, model_bytes)
-    if not arena:
-        pin_mmap_threshold()  # before loading: the loading buffers are the largest early frees
     attempt = list(plan)
     last_error: Exception | None = None
     session = None
     while attempt:
         try:
-            with _quiet_onnxruntime(any(p in GPU_PROVIDERS for p in attempt)):
+            with _quiet_onnxruntime(any(p in GPU_PROVIDERS for p in attempt)), loading_memory(arena):
                 session = factory(
                     source,
                     sess_options=session_options(settings, model_bytes),
@@ -254,7 +245,13 @@ def create_session(
         extra={"provider": active, "model": label, "fallback": fallback},
     )
     return SessionHandle(
-        session=session, provider=active, requested=attempt, fallback=fallback, notes=notes, reason=reason
+        session=session,
+        provider=active,
+        requested=attempt,
+        fallback=fallback,
+        notes=notes,
+        reason=reason,
+        cpu_arena=arena,
     )
 
 

@@ -103,6 +103,12 @@ class Settings(BaseSettings):
     inter_op_threads: int = Field(
         0, ge=0, description="onnxruntime inter-op threads (0 = onnxruntime default)."
     )
+    intra_op_spinning: bool = Field(
+        True,
+        description="onnxruntime's intra-op threads spin for work after each parallel section "
+        "(session.intra_op.allow_spinning). Off: they sleep, leaving the cores to the image codecs and "
+        "other requests between a run's operators.",
+    )
     graph_optimization: Literal["disable", "basic", "extended", "all"] = Field(
         "all", description="onnxruntime graph optimisation level."
     )
@@ -122,6 +128,15 @@ class Settings(BaseSettings):
         "the CPU arena and memory patterns, because the arena keeps the fragments of full-resolution "
         "activations (DANet-R50 1024x2048 in danet-serve: 963 MB peak RSS over four requests, 1.52-2.47 GB "
         "with the arena, measured). None = arena for every model.",
+    )
+    cpu_heap_reuse_max_pixels: int = Field(
+        1024 * 1024,
+        ge=0,
+        description="Models without the CPU arena, glibc malloc: a run of up to this many input pixels "
+        "(batch included) keeps freed blocks up to 32 MiB in malloc's heap for the next run (no page faults "
+        "or zeroing, at the cost of holding that size's high-water mark); a larger run first hands that "
+        "memory back (malloc_trim) and maps its activations fresh, so its peak is its live set. "
+        "0 = every run hands back. Off when MALLOC_MMAP_THRESHOLD_ is set or another allocator is loaded.",
     )
     cpu_allocator: Literal["system", "mimalloc", "jemalloc"] = Field(
         "system",

@@ -2,18 +2,34 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
-import platform
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+import onnxruntime as ort
 import pytest
 
-from server.allocator import REEXEC_MARKER, PreloadPlan, find_library, loaded_allocator, preload_plan
-from server.providers import pin_mmap_threshold, session_options, use_cpu_arena
+from server.allocator import (
+    HEAP,
+    M_MMAP_THRESHOLD,
+    M_TRIM_THRESHOLD,
+    REEXEC_MARKER,
+    HeapModes,
+    PreloadPlan,
+    find_library,
+    heap_modes_apply,
+    loaded_allocator,
+    preload_plan,
+)
+from server.engine import Engine
+from server.providers import session_options, use_cpu_arena
 from server.settings import Settings
+from tests.conftest import make_scene
 
 
 def test_small_models_keep_the_arena_large_ones_do_not() -> None:
@@ -31,13 +47,101 @@ def test_expert_switches() -> None:
     assert Settings(cpu_arena_max_model_mb=500).cpu_arena_max_model_mb == 500.0
 
 
-def test_mmap_threshold_is_pinned_unless_the_user_set_it(monkeypatch: pytest.MonkeyPatch) -> None:
-    pin = pin_mmap_threshold.__wrapped__  # uncached
-    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "65536")
-    assert pin() is False
-    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_")
-    if platform.libc_ver()[0] == "glibc":
-        assert pin() is True
+class FakeLibc:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, int, int] | tuple[str, int]] = []
+
+    def mallopt(self, param: int, value: int) -> int:
+        self.calls.append(("mallopt", param, value))
+        return 1
+
+    def malloc_trim(self, pad: int) -> int:
+        self.calls.append(("trim", pad))
+        return 1
+
+
+def test_small_runs_reuse_the_heap_and_a_large_run_hands_it_back_first() -> None:
+    libc = FakeLibc()
+    heap = HeapModes(libc)
+    mmap, trim = M_MMAP_THRESHOLD, M_TRIM_THRESHOLD
+    with heap.run(512 * 512, 1024 * 1024):
+        pass
+    assert libc.calls == [("mallopt", mmap, 32 << 20), ("mallopt", trim, 1 << 30)]
+    with heap.run(512 * 512, 1024 * 1024):  # already reusing: nothing to do
+        pass
+    assert len(libc.calls) == 2
+    libc.calls.clear()
+    with heap.run(1024 * 2048, 1024 * 1024):
+        assert libc.calls == [("mallopt", mmap, 128 << 10), ("mallopt", trim, 128 << 10), ("trim", 0)]
+        with heap.run(512 * 512, 1024 * 1024):  # a small run while a large one is in flight: hands back too
+            pass
+        assert len(libc.calls) == 3
+    with heap.run(512 * 512, 1024 * 1024):  # the large run has ended: reuse again
+        pass
+    assert libc.calls[3:] == [("mallopt", mmap, 32 << 20), ("mallopt", trim, 1 << 30)]
+    assert heap.trims == 1
+    with heap.run(10, 0):  # 0 = every run hands back
+        pass
+    assert heap.trims == 2
+
+
+def test_heap_modes_stand_aside(monkeypatch: pytest.MonkeyPatch) -> None:
+    heap = HeapModes(libc=None)
+    heap._libc = None  # as where glibc is not the C library
+    with heap.run(1, 0):
+        pass
+    assert not heap.available
+    if HEAP.available:
+        assert heap_modes_apply({}) is (loaded_allocator() is None)
+        assert heap_modes_apply({"MALLOC_MMAP_THRESHOLD_": "65536"}) is False  # the user decided
+
+
+_GIVE_BACK_SCRIPT = """
+import ctypes, json
+from server.allocator import HEAP
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+libc.memset.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t]
+
+def rss():
+    return int(next(l for l in open("/proc/self/status") if l.startswith("VmRSS")).split()[1]) // 1024
+
+def churn():  # 400 blocks of 1 MiB, written and freed (each below the reuse threshold)
+    blocks = [libc.malloc(1 << 20) for _ in range(400)]
+    for b in blocks:
+        libc.memset(b, 1, 1 << 20)
+    for b in reversed(blocks[1:]):
+        libc.free(b)
+    return blocks[0]
+
+start = rss()
+with HEAP.run(100, 1000):
+    keep = churn()
+kept = rss() - start
+with HEAP.run(10_000, 1000):
+    pass
+after_trim = rss() - start
+with HEAP.run(10_000, 1000):
+    libc.free(churn())
+libc.free(keep)
+print(json.dumps({"kept": kept, "after_trim": after_trim, "large": rss() - start}))
+"""
+
+
+@pytest.mark.skipif(not HEAP.available, reason="glibc malloc only")
+def test_glibc_keeps_small_runs_blocks_and_a_large_run_gives_them_back() -> None:
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("MALLOC_", "GLIBC_TUNABLES", "LD_PRELOAD"))
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", _GIVE_BACK_SCRIPT], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["kept"] >= 350  # reuse: the freed 1 MiB blocks stay resident
+    assert result["after_trim"] < 50  # handed back before the large run
+    assert result["large"] < 50  # the large run's blocks were mapped and unmapped
 
 
 def test_memory_patterns_follow_the_arena() -> None:
@@ -141,3 +245,39 @@ def test_the_process_reexecutes_itself_on_huge_pages() -> None:
 @pytest.mark.skipif(find_library("mimalloc") is None, reason="mimalloc is not installed (libmimalloc2.0)")
 def test_the_process_reexecutes_itself_with_mimalloc() -> None:
     assert _reexec("cpu_allocator='mimalloc'") == ["mimalloc, transparent huge pages"]
+
+
+def test_a_model_without_the_arena_runs_under_the_heap_modes(tiny_onnx: Path) -> None:
+    """Engine -> ModelInstance -> HEAP: small runs reuse, a run over the limit trims first; same answers."""
+    settings = Settings(
+        models=[tiny_onnx],
+        providers=["CPUExecutionProvider"],
+        warmup_sizes=["32x32"],
+        cpu_arena_max_model_mb=0,  # the tiny model takes the large-model path
+        cpu_heap_reuse_max_pixels=32 * 32,
+        infer_at_preferred_size=False,
+    )
+    engine = Engine(settings)
+    direct = ort.InferenceSession(str(tiny_onnx), providers=["CPUExecutionProvider"])
+
+    async def scenario() -> list[tuple[int, bool]]:
+        await engine.start()
+        try:
+            instance = engine.instance(None)
+            assert instance.handle.cpu_arena is False
+            assert instance.heap_reuse_max_pixels == (32 * 32 if heap_modes_apply() else None)
+            seen = []
+            for size in (24, 48, 24):
+                image = make_scene(size, size, seed=size)[None]
+                trims = HEAP.trims
+                out = await engine.infer(None, image, ["labels"])
+                expected = direct.run(["labels"], {"image": image})[0]
+                np.testing.assert_array_equal(out["labels"], expected)
+                seen.append((size, HEAP.trims > trims))
+            return seen
+        finally:
+            await engine.close()
+
+    seen = asyncio.run(scenario())
+    if heap_modes_apply():
+        assert seen == [(24, False), (48, True), (24, False)]

@@ -271,3 +271,10 @@ def test_quiet_period_is_shared_by_concurrent_sessions() -> None:
             print("EP Error (swallowed)")  # noqa: T201
         assert sys.stdout is inner_stdout  # the inner end did not end the quiet period
     assert sys.stdout is stdout and providers._quiet_depth == 0
+
+
+def test_intra_op_spinning_is_a_setting() -> None:
+    entry = "session.intra_op.allow_spinning"
+    assert session_options(Settings(intra_op_spinning=False)).get_session_config_entry(entry) == "0"
+    with pytest.raises(Exception, match=entry):  # unset: onnxruntime's default (spinning)
+        session_options(Settings()).get_session_config_entry(entry)
