@@ -30,7 +30,7 @@ from bench.prepare import (
     PreparedModel,
     prepare_default,
     prepare_explicit,
-    prepare_r50,
+    prepare_resnet,
     prepare_tiny,
 )
 from bench.report import Row
@@ -100,10 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
     what = parser.add_argument_group("what to measure")
     what.add_argument(
         "--arch",
-        choices=["default", "r50", "tiny"],
+        choices=["default", "r50", "r101", "tiny"],
         default="default",
-        help="default: the embedded default model; r50: DANet-ResNet50-OS8 with random weights, exported "
-        "on the fly; tiny: a small conv net (harness check)",
+        help="default: the embedded default model; r50 / r101: DANet-ResNet50/101-OS8 with random weights "
+        "and batch-norm statistics calibrated on scene images, exported on the fly; tiny: a small conv "
+        "net (harness check)",
     )
     what.add_argument("--model", type=Path, help="an ONNX file to measure instead of --arch")
     what.add_argument(
@@ -207,10 +208,13 @@ def prepare(args: argparse.Namespace, plan: Plan, work_dir: Path) -> PreparedMod
         )
     if args.arch == "tiny":
         return prepare_tiny(work_dir)
-    if args.arch == "r50":
-        logger.info("preparing DANet-ResNet50-OS8 (random weights, seed %d) in %s", args.seed, work_dir)
+    if args.arch in ("r50", "r101"):
+        depth = int(args.arch[1:])
+        logger.info(
+            "preparing DANet-ResNet%d-OS8 (random weights, seed %d) in %s", depth, args.seed, work_dir
+        )
         prepared, _ = run_isolated(
-            prepare_r50, work_dir, plan.precisions, seed=args.seed, rebuild=args.rebuild
+            prepare_resnet, work_dir, plan.precisions, depth=depth, seed=args.seed, rebuild=args.rebuild
         )
         return prepared
     prepared, _ = run_isolated(prepare_default, work_dir, plan.precisions, rebuild=args.rebuild)

@@ -2,9 +2,10 @@
 
 * ``default``: the embedded default model (``models/weights``), its checkpoint for PyTorch eager, and
   int8/fp16 variants exported from that checkpoint;
-* ``r50``: DANet-ResNet50-OS8 (deep stem, 19 classes) with seeded random weights, saved as a native
-  checkpoint and exported on the fly with ``export.onnx_export`` (random weights decide nothing but
-  speed, which is what is measured);
+* ``r50`` / ``r101``: DANet-ResNet50/101-OS8 (deep stem, 19 classes) with seeded random weights and
+  calibrated batch-norm statistics (:func:`calibrate_batch_norm`), saved as a native checkpoint and
+  exported on the fly with ``export.onnx_export`` (random weights decide nothing but speed, which is
+  what is measured);
 * ``tiny``: :mod:`bench.tiny_model` (harness smoke tests; no checkpoint, no variants);
 * an explicit ``--model PATH`` (plus optional ``--checkpoint`` / ``--int8-model`` / ``--fp16-model``).
 
@@ -148,12 +149,13 @@ def prepare_resnet(
     name = f"danet-r{depth}-os8"
     notes: list[str] = []
     work_dir.mkdir(parents=True, exist_ok=True)
-    stem = work_dir / f"{name}-seed{seed}"
+    stem = work_dir / f"{name}-seed{seed}-calibrated"
     checkpoint = stem.with_suffix(".safetensors")
     if rebuild or not checkpoint.exists():
         torch.manual_seed(seed)
-        model = builders[depth](num_classes=19, output_stride=8, name=f"{name}-random").eval()
-        save_native(model, model.config, checkpoint)
+        model = builders[depth](num_classes=19, output_stride=8, name=f"{name}-random")
+        calibrate_batch_norm(model, seed)
+        save_native(model.eval(), model.config, checkpoint)
         rebuild = True  # new weights: stale exports must not be reused
     exported = _export(
         checkpoint, stem.with_suffix(".onnx"), precisions, logits=False, rebuild=rebuild, notes=notes
@@ -162,11 +164,27 @@ def prepare_resnet(
     return PreparedModel(name, f"r{depth}", exported["fp32"], checkpoint, variants, notes)
 
 
-def prepare_r50(
-    work_dir: Path, precisions: list[str], *, seed: int = 0, rebuild: bool = False
-) -> PreparedModel:
-    """DANet-ResNet50-OS8 with random weights (danet-bench ``--arch r50``)."""
-    return prepare_resnet(work_dir, precisions, depth=50, seed=seed, rebuild=rebuild)
+def calibrate_batch_norm(model: Any, seed: int, images: int = 4, size: int = 160) -> None:
+    """Give random weights a trained network's batch-norm statistics (cumulative averages over a few
+    seeded scene images, one pass in training mode), so activations keep their scale through the net
+    as a trained DANet's do, instead of growing layer by layer (or underflowing) with the defaults."""
+    import numpy as np
+    import torch
+
+    from models.synthetic import generate_scene
+
+    batch = np.stack([generate_scene(seed + i, size, size)[0] for i in range(images)])
+    x = torch.from_numpy(batch).permute(0, 3, 1, 2).float()  # 0-255, as config.mean/std
+    mean = torch.tensor(model.config.mean).view(1, 3, 1, 1)
+    std = torch.tensor(model.config.std).view(1, 3, 1, 1)
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    for module in norms:
+        module.reset_running_stats()
+        module.momentum = None  # cumulative average over the pass
+    model.train()
+    with torch.no_grad():
+        model((x - mean) / std)
+    model.eval()
 
 
 def prepare_tiny(work_dir: Path) -> PreparedModel:
