@@ -258,13 +258,16 @@ def test_a_model_without_the_arena_runs_under_the_heap_modes(tiny_onnx: Path) ->
         infer_at_preferred_size=False,
     )
     engine = Engine(settings)
+    arena_engine = Engine(settings.model_copy(update={"cpu_arena_max_model_mb": 64.0}))
     direct = ort.InferenceSession(str(tiny_onnx), providers=["CPUExecutionProvider"])
 
     async def scenario() -> list[tuple[int, bool]]:
         await engine.start()
+        await arena_engine.start()
         try:
             instance = engine.instance(None)
             assert instance.handle.cpu_arena is False
+            assert arena_engine.instance(None).heap_reuse_max_pixels is None  # the arena owns its memory
             assert instance.heap_reuse_max_pixels == (32 * 32 if heap_modes_apply() else None)
             seen = []
             for size in (24, 48, 24):
@@ -277,6 +280,7 @@ def test_a_model_without_the_arena_runs_under_the_heap_modes(tiny_onnx: Path) ->
             return seen
         finally:
             await engine.close()
+            await arena_engine.close()
 
     seen = asyncio.run(scenario())
     if heap_modes_apply():
