@@ -8,7 +8,6 @@ retires instances; the engine schedules requests onto them.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 from collections.abc import Callable
@@ -92,6 +91,8 @@ class ModelInstance:
         heap = None
         if not handle.cpu_arena and not handle.on_gpu and allocator.heap_modes_apply():
             heap = settings.cpu_heap_reuse_max_pixels
+            if heap > 0:
+                allocator.HEAP.prepare()
         instance = cls(info, handle, batching, settings.io_binding and handle.on_gpu, fingerprint, heap)
         instance.batcher = Batcher(
             lambda images, outputs, token: instance.run(
@@ -127,13 +128,15 @@ class ModelInstance:
         options = ort.RunOptions()
         token.on_cancel(lambda: setattr(options, "terminate", True))
         session = self.handle.session
-        heap: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
-        if self.heap_reuse_max_pixels is not None:
-            pixels = int(np.prod(images.shape[:-1])) if images.ndim == 4 else int(images.size)
-            heap = allocator.HEAP.run(pixels, self.heap_reuse_max_pixels)
         try:
-            with heap:
+            if self.heap_reuse_max_pixels is None:
                 values = self._run(session, images, outputs, options)
+            else:
+                values = allocator.HEAP.call(
+                    int(np.prod(images.shape[:-1])),
+                    self.heap_reuse_max_pixels,
+                    lambda: self._run(session, images, outputs, options),
+                )
         except Exception as exc:
             if token.cancelled:
                 raise Cancelled("the run was stopped: every caller had gone") from exc

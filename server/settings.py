@@ -134,11 +134,12 @@ class Settings(BaseSettings):
         ge=0,
         description="Models without the CPU arena, glibc malloc: a run of up to this many input pixels "
         "(batch included) keeps freed blocks up to 32 MiB in malloc's heap for the next run (no page faults "
-        "or zeroing, at the cost of holding that size's high-water mark: DANet-R50 512x512 408 MB after a "
-        "run instead of 250, measured); a larger run first hands that memory back (malloc_trim) and maps its "
-        "activations fresh, so its peak is its live set. Past 512x512 DANet-R50's large maps exceed 32 MiB "
-        "and reuse gains nothing (1024x1024: same speed, +190 MB peak, measured). 0 = every run hands back. "
-        "Off when MALLOC_MMAP_THRESHOLD_ is set or another allocator is loaded.",
+        "or zeroing); a larger run first hands that memory back (malloc_trim), maps its activations fresh "
+        "and runs on a thread of its own, one at a time. DANet-R50, measured: 384x384 0.98-1.04x of a "
+        "default session instead of 1.10-1.19x, 512x512 1.10-1.14x instead of 1.14-1.24x; whole-server peak "
+        "over mixed 512x512 / 1024x2048 requests 979 MB instead of 933. Past 512x512 reuse gains nothing "
+        "(the large maps exceed 32 MiB). 0 = every run hands back. Off when MALLOC_MMAP_THRESHOLD_ is set "
+        "or another allocator is loaded.",
     )
     cpu_allocator: Literal["system", "mimalloc", "jemalloc"] = Field(
         "system",

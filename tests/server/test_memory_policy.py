@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -83,6 +84,17 @@ def test_small_runs_reuse_the_heap_and_a_large_run_hands_it_back_first() -> None
     with heap.run(10, 0):  # 0 = every run hands back
         pass
     assert heap.trims == 2
+
+
+def test_a_large_run_runs_on_its_own_thread_while_small_runs_reuse() -> None:
+    heap = HeapModes(FakeLibc())
+    here = threading.current_thread().name
+    assert heap.call(100, 1000, lambda: threading.current_thread().name) == here
+    large = heap.call(10_000, 1000, lambda: threading.current_thread().name)
+    assert large.startswith("danet-large-run")
+    assert heap.call(10_000, 0, lambda: threading.current_thread().name) == here  # nothing reuses: no hop
+    with pytest.raises(ZeroDivisionError):  # errors come back to the caller
+        heap.call(10_000, 1000, lambda: 1 // 0)
 
 
 def test_heap_modes_stand_aside(monkeypatch: pytest.MonkeyPatch) -> None:
