@@ -22,10 +22,11 @@ import ctypes
 import logging
 import os
 import platform
+import queue
 import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -207,7 +208,7 @@ class HeapModes:
         self._large = 0
         self._mode: tuple[int, int] | None = None
         self._libc = libc if libc is not None else _glibc()
-        self._large_runs: ThreadPoolExecutor | None = None
+        self._large_runs: _LargeRuns | None = None
         self.trims = 0
 
     def call(self, pixels: int, reuse_max_pixels: int, fn: Callable[[], T]) -> T:
@@ -224,10 +225,10 @@ class HeapModes:
         if self._libc is not None:
             self._large_thread().submit(lambda: None).result()
 
-    def _large_thread(self) -> ThreadPoolExecutor:
+    def _large_thread(self) -> _LargeRuns:
         with self._lock:
             if self._large_runs is None:
-                self._large_runs = ThreadPoolExecutor(1, thread_name_prefix="danet-large-run")
+                self._large_runs = _LargeRuns()
             return self._large_runs
 
     @property
@@ -262,6 +263,30 @@ class HeapModes:
         self._libc.mallopt(M_MMAP_THRESHOLD, mmap_threshold)
         self._libc.mallopt(M_TRIM_THRESHOLD, trim_threshold)
         self._mode = mode
+
+
+class _LargeRuns:
+    """One daemon thread that runs the large runs, one at a time (a daemon, as the batcher's workers are,
+    so that a run still going when the server exits does not hold the process)."""
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]]] = queue.SimpleQueue()
+        threading.Thread(target=self._serve, name="danet-large-run", daemon=True).start()
+
+    def submit(self, fn: Callable[[], T]) -> Future[T]:
+        future: Future[T] = Future()
+        self._queue.put((fn, future))
+        return future
+
+    def _serve(self) -> None:
+        while True:
+            fn, future = self._queue.get()
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(fn())
+            except BaseException as exc:  # handed to the caller, which re-raises it
+                future.set_exception(exc)
 
 
 def _glibc() -> Any:
