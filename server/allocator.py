@@ -287,6 +287,7 @@ class _LargeRuns:
                 future.set_result(fn())
             except BaseException as exc:  # handed to the caller, which re-raises it
                 future.set_exception(exc)
+            del fn, future  # not the last run's input and outputs kept alive until the next one
 
 
 def _glibc() -> Any:
