@@ -34,7 +34,7 @@ PATH_LABELS = {
     "peer-litserve": "peer: LitServe POST /predict (upload in, palette PNG out)",
 }
 SERVER_PATHS = (HTTP, GRPC)
-#: Issue 15: the per-request cost. (path, p50 / floor limit at 512x512); every path <= 1.03x at 1024x2048.
+#: The per-request cost. (path, p50 / floor limit at 512x512); every path <= 1.03x at 1024x2048.
 OVERHEAD_LIMITS = ((HTTP, 1.05), (GRPC_RAW, 1.03), (KSERVE, 1.03))
 LARGE_LIMIT = 1.03
 PEER_PREFIX = "peer-"
@@ -268,7 +268,7 @@ def _ratio_target(key: str, desc: str, row: Row | None, limit: float) -> Target:
 
 
 def overhead_targets(rows: Sequence[Row], model: str) -> list[Target]:
-    """Issue 15, per test image: the server paths' p50 against the floor at 512x512 and 1024x2048, and
+    """Per test image: the server paths' p50 against the floor at 512x512 and 1024x2048, and
     HTTP throughput at concurrency 4."""
     targets: list[Target] = []
     images = list(dict.fromkeys(r.image for r in rows if r.model == model))

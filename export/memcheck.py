@@ -7,7 +7,7 @@
 Each measurement runs in a fresh subprocess that imports only numpy and onnxruntime, creates the
 session, runs ONE pass on a ``height x width`` image and reports its peak resident set size
 (``resource.getrusage(RUSAGE_SELF).ru_maxrss``, session creation included) and the timings. Several
-onnxruntime memory settings are compared (CPU arena and memory patterns on/off). The issue's
+onnxruntime memory settings are compared (CPU arena and memory patterns on/off). The
 budget is 1.2 GB peak RSS for 1024x2048 on DANet-ResNet50-OS8. Prints a table and a JSON line.
 
 ``--server`` starts ``danet-serve`` at its defaults (no ``DANET_*`` variables) on the file, waits for

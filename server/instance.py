@@ -1,8 +1,9 @@
 """A servable model version: its session, its batching settings and its batcher, and who is using it.
 
 Each version owns its execution, as Triton's model instances do: ``max_batch_size``, ``dynamic_batching``
-(``max_queue_delay_microseconds``, ``preferred_batch_size``) and ``instance_group`` (``count``, ``kind``) come
-from the model's ``config.pbtxt`` when it has one, else from the server's settings. The repository creates and
+(``max_queue_delay_microseconds``, ``preferred_batch_size``) and ``instance_group`` (the summed ``count``) come
+from the model's ``config.pbtxt`` when it has one, else from the server's settings. A group's ``kind`` is not
+read: the execution provider is the server's choice. The repository creates and
 retires instances; the engine schedules requests onto them.
 """
 

@@ -66,7 +66,7 @@ def test_tiny_run_writes_table_and_json(tmp_path: Path, capsys: pytest.CaptureFi
     assert rows["floor"]["ratio_p50_to_floor"] == pytest.approx(1.0)
     statuses = {t["key"]: t["status"] for t in document["targets"]}
     assert statuses["http-p50"] in ("PASS", "MISS")
-    # issue 15's per-image targets (the tiny run's only size stands in for neither 512x512 nor 1024x2048)
+    # the per-image targets (the tiny run's only size stands in for neither 512x512 nor 1024x2048)
     assert not any(key.startswith("kserve-p50") for key in statuses)
     assert statuses["ort-vs-eager"] == "N/A"  # the tiny model has no checkpoint
     assert document["machine"]["cores"] >= 1

@@ -1,4 +1,5 @@
-"""The Dockerfile: hadolint-clean, and its runtime targets keep the promises of issue 6."""
+"""The Dockerfile: hadolint-clean, and its runtime targets keep their promises (non-root, healthcheck on
+/readyz, the wheel without torch or a toolchain)."""
 
 from __future__ import annotations
 
@@ -61,7 +62,7 @@ def test_stages(dockerfile_stages: dict[str, sc.Stage]) -> None:
     assert list(dockerfile_stages)[-1] == "cpu"
     assert dockerfile_stages["cpu"].base.startswith("python:3.11-slim")
     assert dockerfile_stages["builder"].base == dockerfile_stages["cpu"].base
-    # The gpu image needs no vendor CUDA base: the CUDA libraries come from PyPI wheels (issue 25).
+    # The gpu image needs no vendor CUDA base: the CUDA libraries come from PyPI wheels.
     assert dockerfile_stages["gpu"].base == dockerfile_stages["cpu"].base
     assert dockerfile_stages["gpu-report"].base == "gpu"  # the served gpu image stays torch-free
 

@@ -1,4 +1,4 @@
-"""The gpu image built for real (issue 25) and checked inside, on a machine without a GPU.
+"""The gpu image built for real and checked inside, on a machine without a GPU.
 
 ``docker compose build danet-gpu`` (the compose file's own service, tag ``danet-serve:gpu``) on the
 stand-in base from the host wheelhouse, as tests/deploy/test_image.py builds the cpu image. Then one

@@ -1,6 +1,6 @@
 """The images built and run for real: `docker compose up` with the repository's own compose file.
 
-One module-scoped project (issue 11): build the ``cpu`` and ``export`` targets on the stand-in base
+One module-scoped project: build the ``cpu`` and ``export`` targets on the stand-in base
 (deploy/docker/local-base.sh) from the host wheelhouse, bring the cpu service up until Compose reports it
 healthy, then talk to it only through the ports Docker published. The tests run in file order: the
 export test restarts the service on the exported model, and the SIGTERM test stops it for good.

@@ -1,4 +1,4 @@
-"""The checkpoint matrix of issue 23: calibrated random upstream checkpoints, many seeds and scales.
+"""The checkpoint matrix: calibrated random upstream checkpoints, many seeds and scales.
 
 Every layout of :data:`tests.export.conftest.REALISTIC_LAYOUTS` (official R50 deep stem OS8, official
 R101 7x7 multi-grid 4-8-16, MMSegmentation R50-V1c and R101-V1c, an OS16 variant; the real depths,

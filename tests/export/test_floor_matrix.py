@@ -1,4 +1,4 @@
-"""Issue 23: the default rule accepts every faithful checkpoint of the matrix and rejects every mutation.
+"""The default rule accepts every faithful checkpoint of the matrix and rejects every mutation.
 
 The default run checks that re-binding weights into an exported graph is what ``danet-export`` would
 write (bit for bit), and judges a few fast cases on the layout the default run exports anyway
