@@ -8,9 +8,11 @@ keeps H and W dynamic but lets the chunk grow with the image: its memory is ``N*
 Here the attention core becomes one custom op, ``danet_export::pam_attention``, that the ONNX
 translation table lowers to an ONNX ``Scan``:
 
-* the chunk size is computed in the graph from the actual batch and number of positions,
-  ``chunk = clamp(budget // (B * N), 1, N)``, so every chunk's energy matrix holds at most
-  ``budget`` elements whatever the input size (64 MiB in float32 by default);
+* the chunk size is computed in the graph from the actual batch and number of positions: at most
+  ``clamp(budget // (B * N), 1, N)`` queries, so every chunk's energy matrix holds at most ``budget``
+  elements whatever the input size (16 MiB in float32 by default), and the N queries split evenly
+  into as few chunks as that allows (``steps = ceil(N / most)``, ``chunk = ceil(N / steps)``: fewer
+  than ``steps`` padded rows in all);
 * the queries are zero-padded to a whole number of chunks and scanned; each iteration computes
   ``softmax(q_chunk @ k) @ v^T`` in float32 and the padded rows are dropped at the end.
 
@@ -76,8 +78,11 @@ ATTENTION_MODES = ("scan", "fused")
 #: Measured on the CPU provider (export/README.md): the Scan bounds memory at full resolution.
 DEFAULT_ATTENTION = "scan"
 
-#: Elements of one chunk's energy matrix (float32: 64 MiB); the softmax doubles it.
-DEFAULT_ATTENTION_BUDGET = 1 << 24
+#: Elements of one chunk's energy matrix (float32: 16 MiB); the softmax doubles it. Under glibc's 32 MiB
+#: mmap threshold and a thread heap's 64 MiB, so a server that keeps freed blocks for reuse
+#: (server/allocator.py) maps nothing afresh for them (DANet-R50 at 512x512: no page faults per pass
+#: without the CPU arena, against two 64 MiB blocks mapped and zeroed per pass with 64 MiB chunks).
+DEFAULT_ATTENTION_BUDGET = 1 << 22
 
 
 @torch.library.custom_op("danet_export::pam_attention", mutates_args=())
@@ -105,8 +110,9 @@ def _scan_attention(query: Any, key: Any, value: Any, budget: int) -> Any:
     dim = op.Slice(shape, [2], [3])
     one = op.Constant(value_ints=[1])
     per_chunk = op.Div(op.Constant(value_ints=[budget]), op.Mul(batch, positions))
-    chunk = op.Max(op.Min(per_chunk, positions), one)
-    steps = op.Div(op.Sub(op.Add(positions, chunk), one), chunk)
+    most = op.Max(op.Min(per_chunk, positions), one)  # the budget's largest chunk
+    steps = op.Div(op.Sub(op.Add(positions, most), one), most)
+    chunk = op.Div(op.Sub(op.Add(positions, steps), one), steps)  # even split: <= most, < steps padded rows
     padded_positions = op.Mul(steps, chunk)
     zero = op.Constant(value_ints=[0])
     pads = op.Concat(zero, zero, zero, zero, op.Sub(padded_positions, positions), zero, axis=0)

@@ -59,11 +59,12 @@ def scan_graph(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.parametrize(
     ("batch", "height", "width"),
-    [(1, 1, 1), (1, 3, 5), (2, 3, 5), (1, 7, 9), (3, 4, 4), (1, 11, 13)],
+    [(1, 1, 1), (1, 3, 5), (2, 3, 5), (1, 7, 9), (3, 4, 4), (1, 11, 13), (1, 1, 7), (1, 2, 4)],
 )
 def test_scan_attention_is_exact(scan_graph: Path, batch: int, height: int, width: int) -> None:
     # N=15 -> 3 queries per chunk, 5 chunks; N=63 -> 1 per chunk; (2, 3, 5): chunk 1 with batch 2;
-    # N=16, B=3 -> 1 per chunk; N=143 -> budget < N: still one query per chunk.
+    # N=16, B=3 -> 1 per chunk; N=143 -> budget < N: still one query per chunk; N=7 -> at most 6 per
+    # chunk, split evenly into 2 chunks of 4 (one padded row); N=8 -> 2 chunks of 4, none padded.
     module = _PamOnly().eval()
     x = torch.randn(batch, 16, height, width, generator=torch.Generator().manual_seed(height * width))
     session = ort.InferenceSession(str(scan_graph), providers=["CPUExecutionProvider"])
