@@ -179,20 +179,27 @@ def describe(environ: Mapping[str, str] | None = None) -> str:
 
 #: mallopt parameter numbers (glibc malloc.h).
 M_TRIM_THRESHOLD = -1
+M_TOP_PAD = -2
 M_MMAP_THRESHOLD = -3
-#: Give back: blocks from 128 KiB are mapped per allocation and unmapped when freed; the heap's top is
-#: trimmed past 128 KiB. Memory follows what is live.
-GIVE_BACK = (128 * 1024, 128 * 1024)
-#: Reuse: blocks up to 32 MiB (glibc's largest mmap threshold) are served from the heap and stay there
-#: when freed, for the next run; the heap is not trimmed below 1 GiB.
-REUSE = (32 * 1024 * 1024, 1024 * 1024 * 1024)
+M_MMAP_MAX = -4
+#: A mode: (M_MMAP_THRESHOLD, M_TRIM_THRESHOLD, M_MMAP_MAX, M_TOP_PAD).
+#: Give back (glibc's defaults for the last two): blocks from 128 KiB are mapped per allocation and
+#: unmapped when freed; the heap's top is trimmed past 128 KiB. Memory follows what is live.
+GIVE_BACK = (128 * 1024, 128 * 1024, 65536, 128 * 1024)
+#: Reuse: no block is mapped on its own (M_MMAP_MAX 0), so every block comes from a heap and stays there
+#: when freed, for the next run; the heap is not trimmed below 1 GiB, and a thread's heap that empties is
+#: kept (M_TOP_PAD 64 MiB, a thread heap's size; glibc deletes an empty one whatever the trim threshold).
+#: A block larger than a thread's heap (64 MiB) is still mapped; danet-export's attention chunks are 16 MiB.
+REUSE = (32 * 1024 * 1024, 1024 * 1024 * 1024, 0, 64 * 1024 * 1024)
 
 
 class HeapModes:
-    """glibc's mmap and trim thresholds, chosen per onnxruntime run by the run's pixels.
+    """glibc's malloc parameters (mmap threshold and maximum, trim threshold, top pad), chosen per
+    onnxruntime run by the run's pixels.
 
     A run of up to ``reuse_max_pixels`` input pixels reuses freed blocks (:data:`REUSE`): no page faults
-    and no zeroing after the first run of that size, at the cost of keeping that size's high-water mark.
+    and no zeroing after the first run of that size (DANet-R50 at 512x512 exported with 16 MiB attention
+    chunks: none per pass, measured), at the cost of keeping that size's high-water mark.
     A larger run first hands that memory back (``malloc_trim(0)``) and then maps its activations fresh
     (:data:`GIVE_BACK`), so its peak is its live set. The thresholds are process-wide: while any large
     run is in flight every run gives back. A no-op where glibc is not the C library.
@@ -206,7 +213,7 @@ class HeapModes:
     def __init__(self, libc: Any = None) -> None:
         self._lock = threading.Lock()
         self._large = 0
-        self._mode: tuple[int, int] | None = None
+        self._mode: tuple[int, int, int, int] | None = None
         self._libc = libc if libc is not None else _glibc()
         self._large_runs: _LargeRuns | None = None
         self.trims = 0
@@ -247,8 +254,7 @@ class HeapModes:
                 self._large += 1
                 if self._mode != GIVE_BACK:
                     self._set(GIVE_BACK)
-                    self._libc.malloc_trim(0)
-                    self.trims += 1
+                    self._hand_back()
             elif self._large == 0 and self._mode != REUSE:
                 self._set(REUSE)
         try:
@@ -258,10 +264,21 @@ class HeapModes:
                 with self._lock:
                     self._large -= 1
 
-    def _set(self, mode: tuple[int, int]) -> None:
-        mmap_threshold, trim_threshold = mode
-        self._libc.mallopt(M_MMAP_THRESHOLD, mmap_threshold)
-        self._libc.mallopt(M_TRIM_THRESHOLD, trim_threshold)
+    def _hand_back(self) -> None:
+        """What the small runs kept goes back to the system. ``malloc_trim(0)`` releases the free pages of
+        every arena and the main heap's top, but not a thread heap's top or the thread heaps that reuse
+        kept (``M_TOP_PAD``): glibc shrinks and deletes those only when a block is freed in that arena. So
+        a block of 96 KiB (under the mmap threshold, over glibc's 64 KiB consolidation threshold) is freed
+        here first, on the thread that ran the small runs, with the give-back parameters in force."""
+        self._libc.free(self._libc.malloc(96 * 1024))
+        self._libc.malloc_trim(0)
+        self.trims += 1
+
+    def _set(self, mode: tuple[int, int, int, int]) -> None:
+        for param, value in zip(
+            (M_MMAP_THRESHOLD, M_TRIM_THRESHOLD, M_MMAP_MAX, M_TOP_PAD), mode, strict=True
+        ):
+            self._libc.mallopt(param, value)
         self._mode = mode
 
 
@@ -296,16 +313,23 @@ def _glibc() -> Any:
     try:
         libc = ctypes.CDLL("libc.so.6")
         libc.malloc_trim  # noqa: B018 - present in every glibc; the probe fails elsewhere
+        libc.malloc.restype = ctypes.c_void_p
+        libc.malloc.argtypes = [ctypes.c_size_t]
+        libc.free.argtypes = [ctypes.c_void_p]
         return libc
     except (OSError, AttributeError):
         return None
 
 
-#: The process's one set of thresholds (mallopt is process-wide).
+#: The process's one set of parameters (mallopt is process-wide).
 HEAP = HeapModes()
+
+#: glibc's variables for the parameters HEAP sets: one set by the user turns HEAP off.
+USER_PARAMETERS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_MAX_", "MALLOC_TOP_PAD_")
 
 
 def heap_modes_apply(environ: Mapping[str, str] | None = None) -> bool:
-    """Whether :data:`HEAP` chooses the thresholds: glibc malloc, and no threshold set by the user."""
+    """Whether :data:`HEAP` chooses the parameters: glibc malloc, and none of them set by the user."""
     environ = os.environ if environ is None else environ
-    return HEAP.available and "MALLOC_MMAP_THRESHOLD_" not in environ and loaded_allocator() is None
+    user_set = any(name in environ for name in USER_PARAMETERS)
+    return HEAP.available and not user_set and loaded_allocator() is None

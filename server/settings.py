@@ -133,13 +133,12 @@ class Settings(BaseSettings):
         512 * 512,
         ge=0,
         description="Models without the CPU arena, glibc malloc: a run of up to this many input pixels "
-        "(batch included) keeps freed blocks up to 32 MiB in malloc's heap for the next run (no page faults "
-        "or zeroing); a larger run first hands that memory back (malloc_trim), maps its activations fresh "
-        "and runs on a thread of its own, one at a time. DANet-R50, measured: 384x384 0.98-1.04x of a "
-        "default session instead of 1.10-1.19x, 512x512 1.10-1.14x instead of 1.14-1.24x; whole-server peak "
-        "over mixed 512x512 / 1024x2048 requests 979 MB instead of 933. Past 512x512 reuse gains nothing "
-        "(the large maps exceed 32 MiB). 0 = every run hands back. Off when MALLOC_MMAP_THRESHOLD_ is set "
-        "or another allocator is loaded.",
+        "(batch included) keeps every freed block in malloc's heaps for the next run (no page faults or "
+        "zeroing); a larger run first hands that memory back, maps its activations fresh and runs on a "
+        "thread of its own, one at a time. DANet-R50 exported with 16 MiB attention chunks, measured: "
+        "512x512 0.83-0.94x of a default session (1.16x with 0); whole-server peak over mixed 512x512 / "
+        "1024x2048 HTTP requests 997 MB. 0 = every run hands back. Off when MALLOC_MMAP_THRESHOLD_, "
+        "MALLOC_TRIM_THRESHOLD_, MALLOC_MMAP_MAX_ or MALLOC_TOP_PAD_ is set or another allocator is loaded.",
     )
     cpu_allocator: Literal["system", "mimalloc", "jemalloc"] = Field(
         "system",

@@ -17,7 +17,9 @@ import pytest
 
 from server.allocator import (
     HEAP,
+    M_MMAP_MAX,
     M_MMAP_THRESHOLD,
+    M_TOP_PAD,
     M_TRIM_THRESHOLD,
     REEXEC_MARKER,
     HeapModes,
@@ -60,26 +62,44 @@ class FakeLibc:
         self.calls.append(("trim", pad))
         return 1
 
+    def malloc(self, size: int) -> int:
+        self.calls.append(("malloc", size))
+        return 4096
+
+    def free(self, address: int) -> None:
+        self.calls.append(("free", address))
+
+
+def _mode(
+    mmap_threshold: int, trim_threshold: int, mmap_max: int, top_pad: int
+) -> list[tuple[str, int, int]]:
+    params = (M_MMAP_THRESHOLD, M_TRIM_THRESHOLD, M_MMAP_MAX, M_TOP_PAD)
+    return [
+        ("mallopt", param, value)
+        for param, value in zip(params, (mmap_threshold, trim_threshold, mmap_max, top_pad), strict=True)
+    ]
+
 
 def test_small_runs_reuse_the_heap_and_a_large_run_hands_it_back_first() -> None:
     libc = FakeLibc()
     heap = HeapModes(libc)
-    mmap, trim = M_MMAP_THRESHOLD, M_TRIM_THRESHOLD
+    reuse = _mode(32 << 20, 1 << 30, 0, 64 << 20)  # nothing mapped on its own; emptied thread heaps kept
+    give_back = _mode(128 << 10, 128 << 10, 65536, 128 << 10)  # glibc's defaults for the last two
     with heap.run(512 * 512, 1024 * 1024):
         pass
-    assert libc.calls == [("mallopt", mmap, 32 << 20), ("mallopt", trim, 1 << 30)]
+    assert libc.calls == reuse
     with heap.run(512 * 512, 1024 * 1024):  # already reusing: nothing to do
         pass
-    assert len(libc.calls) == 2
+    assert len(libc.calls) == 4
     libc.calls.clear()
     with heap.run(1024 * 2048, 1024 * 1024):
-        assert libc.calls == [("mallopt", mmap, 128 << 10), ("mallopt", trim, 128 << 10), ("trim", 0)]
+        assert libc.calls == [*give_back, ("malloc", 96 << 10), ("free", 4096), ("trim", 0)]
         with heap.run(512 * 512, 1024 * 1024):  # a small run while a large one is in flight: hands back too
             pass
-        assert len(libc.calls) == 3
+        assert len(libc.calls) == 7
     with heap.run(512 * 512, 1024 * 1024):  # the large run has ended: reuse again
         pass
-    assert libc.calls[3:] == [("mallopt", mmap, 32 << 20), ("mallopt", trim, 1 << 30)]
+    assert libc.calls[7:] == reuse
     assert heap.trims == 1
     with heap.run(10, 0):  # 0 = every run hands back
         pass
@@ -105,12 +125,19 @@ def test_heap_modes_stand_aside(monkeypatch: pytest.MonkeyPatch) -> None:
     assert not heap.available
     if HEAP.available:
         assert heap_modes_apply({}) is (loaded_allocator() is None)
-        assert heap_modes_apply({"MALLOC_MMAP_THRESHOLD_": "65536"}) is False  # the user decided
+        for name in (
+            "MALLOC_MMAP_THRESHOLD_",
+            "MALLOC_TRIM_THRESHOLD_",
+            "MALLOC_MMAP_MAX_",
+            "MALLOC_TOP_PAD_",
+        ):
+            assert heap_modes_apply({name: "65536"}) is False  # the user decided
 
 
 _GIVE_BACK_SCRIPT = """
-import ctypes, json
+import ctypes, json, sys
 from server.allocator import HEAP
+block_mib, count, on_thread = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "thread"
 libc = ctypes.CDLL("libc.so.6")
 libc.malloc.restype = ctypes.c_void_p
 libc.free.argtypes = [ctypes.c_void_p]
@@ -119,41 +146,61 @@ libc.memset.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t]
 def rss():
     return int(next(l for l in open("/proc/self/status") if l.startswith("VmRSS")).split()[1]) // 1024
 
-def churn():  # 400 blocks of 1 MiB, written and freed (each below the reuse threshold)
-    blocks = [libc.malloc(1 << 20) for _ in range(400)]
+def churn():  # blocks written and freed, all but the first
+    blocks = [libc.malloc(block_mib << 20) for _ in range(count)]
     for b in blocks:
-        libc.memset(b, 1, 1 << 20)
+        libc.memset(b, 1, block_mib << 20)
     for b in reversed(blocks[1:]):
         libc.free(b)
     return blocks[0]
 
-start = rss()
-with HEAP.run(100, 1000):
-    keep = churn()
-kept = rss() - start
-with HEAP.run(10_000, 1000):
-    pass
-after_trim = rss() - start
-with HEAP.run(10_000, 1000):
-    libc.free(churn())
-libc.free(keep)
-print(json.dumps({"kept": kept, "after_trim": after_trim, "large": rss() - start}))
+def main():
+    start = rss()
+    with HEAP.run(100, 1000):
+        keep = churn()
+    kept = rss() - start
+    with HEAP.run(10_000, 1000):
+        pass
+    after_trim = rss() - start
+    with HEAP.run(10_000, 1000):
+        libc.free(churn())
+    libc.free(keep)
+    print(json.dumps({"kept": kept, "after_trim": after_trim, "large": rss() - start}))
+
+if on_thread:  # a thread arena, whose heaps malloc_trim alone does not hand back
+    import threading
+    worker = threading.Thread(target=main)
+    worker.start()
+    worker.join()
+else:
+    main()
 """
 
 
 @pytest.mark.skipif(not HEAP.available, reason="glibc malloc only")
-def test_glibc_keeps_small_runs_blocks_and_a_large_run_gives_them_back() -> None:
+@pytest.mark.parametrize(
+    "block_mib, count, where",  # 40 MiB: past glibc's largest mmap threshold
+    [(1, 400, "main"), (40, 6, "main"), (1, 400, "thread"), (40, 6, "thread")],
+)
+def test_glibc_keeps_small_runs_blocks_and_a_large_run_gives_them_back(
+    block_mib: int, count: int, where: str
+) -> None:
     env = {
         k: v for k, v in os.environ.items() if not k.startswith(("MALLOC_", "GLIBC_TUNABLES", "LD_PRELOAD"))
     }
     done = subprocess.run(
-        [sys.executable, "-c", _GIVE_BACK_SCRIPT], env=env, capture_output=True, text=True, timeout=60
+        [sys.executable, "-c", _GIVE_BACK_SCRIPT, str(block_mib), str(count), where],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
-    assert result["kept"] >= 350  # reuse: the freed 1 MiB blocks stay resident
+    assert result["kept"] >= 0.85 * block_mib * (count - 1)  # reuse: the freed blocks stay resident
     assert result["after_trim"] < 50  # handed back before the large run
-    assert result["large"] < 50  # the large run's blocks were mapped and unmapped
+    if where == "main":  # on a thread, 1 MiB blocks left one 64 MiB thread heap resident afterwards (63 MB)
+        assert result["large"] < 50  # the large run's blocks were mapped and unmapped
 
 
 def test_memory_patterns_follow_the_arena() -> None:
