@@ -179,11 +179,11 @@ else:
 
 @pytest.mark.skipif(not HEAP.available, reason="glibc malloc only")
 @pytest.mark.parametrize(
-    "block_mib, count, where",  # 40 MiB: past glibc's largest mmap threshold
-    [(1, 400, "main"), (40, 6, "main"), (1, 400, "thread"), (40, 6, "thread")],
+    "block_mib, count, where, kept_mb",  # 40 MiB: past glibc's largest mmap threshold
+    [(1, 400, "main", 350), (40, 6, "main", 180), (1, 400, "thread", 350), (40, 6, "thread", 180)],
 )
 def test_glibc_keeps_small_runs_blocks_and_a_large_run_gives_them_back(
-    block_mib: int, count: int, where: str
+    block_mib: int, count: int, where: str, kept_mb: int
 ) -> None:
     env = {
         k: v for k, v in os.environ.items() if not k.startswith(("MALLOC_", "GLIBC_TUNABLES", "LD_PRELOAD"))
@@ -197,7 +197,7 @@ def test_glibc_keeps_small_runs_blocks_and_a_large_run_gives_them_back(
     )
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
-    assert result["kept"] >= 0.85 * block_mib * (count - 1)  # reuse: the freed blocks stay resident
+    assert result["kept"] >= kept_mb  # reuse: the freed blocks stay resident
     assert result["after_trim"] < 50  # handed back before the large run
     if where == "main":  # on a thread, 1 MiB blocks left one 64 MiB thread heap resident afterwards (63 MB)
         assert result["large"] < 50  # the large run's blocks were mapped and unmapped
