@@ -182,7 +182,8 @@ M_TRIM_THRESHOLD = -1
 M_TOP_PAD = -2
 M_MMAP_THRESHOLD = -3
 M_MMAP_MAX = -4
-#: A mode: (M_MMAP_THRESHOLD, M_TRIM_THRESHOLD, M_MMAP_MAX, M_TOP_PAD).
+#: The parameters of a mode, in the order a mode's values are given.
+MODE_PARAMETERS = (M_MMAP_THRESHOLD, M_TRIM_THRESHOLD, M_MMAP_MAX, M_TOP_PAD)
 #: Give back (glibc's defaults for the last two): blocks from 128 KiB are mapped per allocation and
 #: unmapped when freed; the heap's top is trimmed past 128 KiB. Memory follows what is live.
 GIVE_BACK = (128 * 1024, 128 * 1024, 65536, 128 * 1024)
@@ -275,9 +276,7 @@ class HeapModes:
         self.trims += 1
 
     def _set(self, mode: tuple[int, int, int, int]) -> None:
-        for param, value in zip(
-            (M_MMAP_THRESHOLD, M_TRIM_THRESHOLD, M_MMAP_MAX, M_TOP_PAD), mode, strict=True
-        ):
+        for param, value in zip(MODE_PARAMETERS, mode, strict=True):
             self._libc.mallopt(param, value)
         self._mode = mode
 
