@@ -104,6 +104,13 @@ def test_small_runs_reuse_the_heap_and_a_large_run_hands_it_back_first() -> None
     with heap.run(10, 0):  # 0 = every run hands back
         pass
     assert heap.trims == 2
+    libc.calls.clear()
+    # already giving back, nothing in flight: what the last run left goes back; the second, started while
+    # the first is in flight, does not trim again
+    with heap.run(10, 0), heap.run(20, 0):
+        pass
+    assert libc.calls == [("malloc", 96 << 10), ("free", 4096), ("trim", 0)]
+    assert heap.trims == 3
 
 
 def test_a_large_run_runs_on_its_own_thread_while_small_runs_reuse() -> None:
