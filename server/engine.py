@@ -21,6 +21,7 @@ import numpy as np
 from common.contract import INPUT_IMAGE
 from server import tracing
 from server.batching import BatchStats, RunTiming
+from server.codec_pool import CodecPool
 from server.errors import DeadlineExceeded, InvalidOption, NotReady, Overloaded, PayloadTooLarge
 from server.instance import ModelInstance
 from server.kserve.shm import SharedMemoryRegistry
@@ -51,6 +52,7 @@ class Engine:
             enabled=settings.allow_client_shm, max_regions=settings.max_shm_regions
         )
         self.repository = ModelRepository(settings, self)
+        self.codecs = CodecPool(settings.codec_threads)  # decoding and encoding, for every front door
         self._ready = False
         self._closing = False
 
@@ -150,6 +152,7 @@ class Engine:
         self.metrics.ready.set(0)
         await self.repository.close(self.settings.shutdown_grace_s)
         self.shared_memory.close()
+        self.codecs.close()
         self.observer.close()
         logger.info("engine closed")
 

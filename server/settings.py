@@ -103,6 +103,12 @@ class Settings(BaseSettings):
     inter_op_threads: int = Field(
         0, ge=0, description="onnxruntime inter-op threads (0 = onnxruntime default)."
     )
+    codec_threads: int = Field(
+        0,
+        ge=0,
+        description="Threads that decode uploads and encode replies, shared by every front door; more "
+        "requests' codec work waits its turn (0 = asyncio's default pool, up to cores + 4 at once).",
+    )
     intra_op_spinning: bool = Field(
         True,
         description="onnxruntime's intra-op threads spin for work after each parallel section "

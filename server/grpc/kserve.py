@@ -6,7 +6,6 @@ what ``tritonclient.grpc`` sends and reads; typed ``contents`` are accepted for 
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Any
 
@@ -134,7 +133,7 @@ class KServeServicer(pb_grpc.GRPCInferenceServiceServicer):
                 ),
             )
             with observer.step("encode", info) as step:
-                response = await asyncio.to_thread(_response, request, info, requested, results)
+                response = await self._engine.codecs.run(_response, request, info, requested, results)
                 step.set(tracing.BYTES, response.ByteSize())
             return response
 

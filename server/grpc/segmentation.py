@@ -185,7 +185,7 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
                 context, self._segmenter.segment(image, segment_options, model=info.name, version=version)
             )
             with observer.step("encode", result.info):
-                reply = await asyncio.to_thread(_reply, request, image, result, kinds)
+                reply = await self._engine.codecs.run(_reply, request, image, result, kinds)
         reply.timings_ms["decode_ms"] = decode_ms
         return reply
 

@@ -7,7 +7,6 @@ Errors use the protocol's ``{"error": "message"}`` (see ``server.http.errors``).
 
 from __future__ import annotations
 
-import asyncio
 import json
 import zlib
 from typing import Any
@@ -120,7 +119,7 @@ async def _infer(
         info.name, images, [r.name for r in requested], version=version or None
     )
     with observer.step("encode", info) as step:
-        json_part, blobs = await asyncio.to_thread(_encode, header, info, requested, results)
+        json_part, blobs = await engine.codecs.run(_encode, header, info, requested, results)
         step.set(tracing.BYTES, len(json_part) + sum(len(b) for b in blobs))
     headers = {
         "X-Danet-Provider": info.provider,

@@ -72,7 +72,7 @@ class Segmenter:
     # --- decode -----------------------------------------------------------------------------------
     async def decode(self, data: bytes, content_type: str | None = None) -> np.ndarray:
         """An encoded image (JPEG, PNG, ...) -> RGB uint8 [H, W, 3]; the pixel cap is checked before decoding."""
-        return await asyncio.to_thread(
+        return await self.engine.codecs.run(
             decode_image, data, max_pixels=self.settings.max_pixels, content_type=content_type
         )
 
@@ -164,7 +164,9 @@ class Segmenter:
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
         work = (
-            image if work_size == (height, width) else await asyncio.to_thread(resize_rgb, image, work_size)
+            image
+            if work_size == (height, width)
+            else await self.engine.codecs.run(resize_rgb, image, work_size)
         )
         timings["preprocess_ms"] = (time.perf_counter() - t0) * 1000
 
@@ -182,11 +184,13 @@ class Segmenter:
             fused = await own_logits(work, self._logits_fn(instance), options, crop, stride)
             timings["inference_ms"] = (time.perf_counter() - t1) * 1000
             t2 = time.perf_counter()
-            labels, confidence = await asyncio.to_thread(labels_and_confidence, fused)
+            labels, confidence = await self.engine.codecs.run(labels_and_confidence, fused)
 
         labels = labels.astype(_label_dtype(info), copy=False)
         if labels.shape != (height, width):  # full-size maps can be large: not on the event loop
-            labels, confidence = await asyncio.to_thread(_restore_size, labels, confidence, (height, width))
+            labels, confidence = await self.engine.codecs.run(
+                _restore_size, labels, confidence, (height, width)
+            )
         timings["postprocess_ms"] = (time.perf_counter() - t2) * 1000
         return SegmentResult(
             model=info.name,

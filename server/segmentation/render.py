@@ -1,6 +1,6 @@
 """One renderer for every front door: colour, index and overlay PNGs, per-class statistics, JSON summary.
 
-CPU work (PNG encoding, counting): callers run these off the event loop (``asyncio.to_thread``). REST and gRPC
+CPU work (PNG encoding, counting): callers run these off the event loop (on ``Engine.codecs``). REST and gRPC
 get identical bytes for the same result and options.
 """
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Annotated, Any, Literal
 
@@ -186,7 +185,7 @@ async def segment(
         result = await segmenter.segment(image, options, model=info.name, version=version)
         t2 = time.perf_counter()
         with observer.step("encode", result.info):
-            body, media = await asyncio.to_thread(
+            body, media = await segmenter.engine.codecs.run(
                 render, chosen, image, result, options, alpha=alpha, rle=rle
             )
     timings = {"decode_ms": decode_ms, **result.timings, "encode_ms": (time.perf_counter() - t2) * 1000}
