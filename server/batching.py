@@ -91,10 +91,30 @@ class BatchStats:
     run_s: float
 
 
+class Slot:
+    """A place in a batcher's queue, held by one admitted request while it reads and decodes its upload
+    (:meth:`Batcher.hold`). Its first :meth:`Batcher.submit` takes the place; :meth:`release` gives it up
+    otherwise (idempotent)."""
+
+    def __init__(self, batcher: Batcher) -> None:
+        self.batcher = batcher
+        self.held = True
+
+    def release(self) -> None:
+        self.batcher._release(self)
+
+    def __enter__(self) -> Slot:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
 class Batcher:
     """Runs ``run_fn(images, outputs)`` on worker threads; merges compatible queued requests.
 
-    ``submit`` never blocks: it raises Overloaded when ``max_queue`` requests are already waiting.
+    ``submit`` never blocks: it raises Overloaded when ``max_queue`` requests are already waiting, the
+    requests that hold a :class:`Slot` counted among them.
     """
 
     def __init__(
@@ -122,6 +142,7 @@ class Batcher:
         self._cond = threading.Condition()
         self._closing = False
         self._busy = 0
+        self._held = 0  # slots of admitted requests that have not submitted yet
         self._running: dict[int, _Request] = {}  # id(future) -> request, while its batch runs
         self._threads = [
             threading.Thread(target=self._worker, name=f"infer-{name}-{i}", daemon=True)
@@ -149,25 +170,50 @@ class Batcher:
         with self._cond:
             self._refuse_if_full()
 
+    def hold(self) -> Slot:
+        """A place in the queue for a request that still has to read and decode its upload, or NotReady /
+        Overloaded now. Held places count against ``max_queue`` like queued requests, so a burst is
+        refused at admission rather than after every request of it has decoded its image."""
+        with self._cond:
+            self._refuse_if_full()
+            self._held += 1
+        return Slot(self)
+
+    def _release(self, slot: Slot) -> None:
+        with self._cond:
+            if slot.held:
+                slot.held = False
+                self._held -= 1
+
     def _refuse_if_full(self) -> None:
         if self._closing:
             raise NotReady(f"model {self.name!r} is shutting down")
-        if len(self._queue) >= self.max_queue:
+        waiting = len(self._queue) + self._held
+        if waiting >= self.max_queue:
             raise Overloaded(
-                f"model {self.name!r} has {len(self._queue)} requests queued (limit {self.max_queue}); "
-                "retry later",
+                f"model {self.name!r} has {waiting} requests queued (limit {self.max_queue}); retry later",
                 retry_after_s=self.retry_after_s,
             )
 
     def submit(
-        self, images: np.ndarray, outputs: Sequence[str], timing: RunTiming | None = None
+        self,
+        images: np.ndarray,
+        outputs: Sequence[str],
+        timing: RunTiming | None = None,
+        slot: Slot | None = None,
     ) -> Future[dict[str, np.ndarray]]:
+        """Queue one request. With a ``slot`` of this batcher still held, the request takes its place and
+        is not refused for a full queue."""
         future: Future[dict[str, np.ndarray]] = Future()
         request = _Request(images=images, outputs=tuple(outputs), future=future, timing=timing)
         if timing is not None:
             timing.enqueued = request.enqueued
         with self._cond:
-            self._refuse_if_full()
+            if slot is not None and slot.batcher is self and slot.held and not self._closing:
+                slot.held = False
+                self._held -= 1
+            else:
+                self._refuse_if_full()
             self._queue.append(request)
             self._cond.notify()
         return future

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from typing import Any
 
@@ -20,7 +21,7 @@ import numpy as np
 
 from common.contract import INPUT_IMAGE
 from server import tracing
-from server.batching import BatchStats, RunTiming
+from server.batching import Batcher, BatchStats, RunTiming, Slot
 from server.codec_pool import CodecPool
 from server.errors import DeadlineExceeded, InvalidOption, NotReady, Overloaded, PayloadTooLarge
 from server.instance import ModelInstance
@@ -36,7 +37,45 @@ from server.statistics import Statistics
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Engine", "ModelInfo", "ModelInstance", "TensorSpec"]
+__all__ = ["Admission", "Engine", "ModelInfo", "ModelInstance", "TensorSpec"]
+
+#: The admitted request the current task serves (:meth:`Engine.admit`), for its queue place.
+_ADMISSION: contextvars.ContextVar[Admission | None] = contextvars.ContextVar("danet_admission", default=None)
+
+
+class Admission:
+    """An admitted request (:meth:`Engine.admit`): its model's info and, from :meth:`hold` (once its upload
+    is read, before it is decoded) until its first run, a place in that model's queue. ``with admission as
+    info:`` around the request's work; leaving the block gives up a place the request did not use."""
+
+    def __init__(self, info: ModelInfo, batcher: Batcher, refused: Callable[[], None]) -> None:
+        self.info = info
+        self.slot: Slot | None = None
+        self._batcher = batcher
+        self._refused = refused
+        self._token: contextvars.Token[Admission | None] | None = None
+
+    def hold(self) -> None:
+        """Take the queue place now, or Overloaded / NotReady: a burst is refused here, before its images
+        are decoded, rather than at its first run after every one of them has been."""
+        if self.slot is not None:
+            return
+        try:
+            self.slot = self._batcher.hold()
+        except Overloaded:
+            self._refused()
+            raise
+
+    def __enter__(self) -> ModelInfo:
+        self._token = _ADMISSION.set(self)
+        return self.info
+
+    def __exit__(self, *exc: object) -> None:
+        if self._token is not None:
+            _ADMISSION.reset(self._token)
+            self._token = None
+        if self.slot is not None:
+            self.slot.release()
 
 
 class Engine:
@@ -172,17 +211,30 @@ class Engine:
     def default_model(self) -> str | None:
         return self.repository.default_model
 
-    def admit(self, name: str | None = None, version: str | None = None) -> ModelInfo:
-        """The model's info, or NotReady / Overloaded at once: adapters call this before reading or decoding
-        an upload, so that a full queue costs a rejected client nothing but the round trip."""
+    def admit(self, name: str | None = None, version: str | None = None) -> Admission:
+        """The request's admission, or NotReady / Overloaded at once: adapters call this before reading or
+        decoding an upload, so that a full queue costs a rejected client nothing but the round trip."""
         entry = self.instance(name, version)
         self._check_ready()
+        name = entry.info.name
+
+        def refused() -> None:
+            self.metrics.overloaded.labels(name).inc()
+
         try:
             entry.batcher.check_capacity()
         except Overloaded:
-            self.metrics.overloaded.labels(entry.info.name).inc()
+            refused()
             raise
-        return entry.info
+        return Admission(entry.info, entry.batcher, refused)
+
+    @staticmethod
+    def hold_place() -> None:
+        """The current request (if admitted) takes its queue place: after its upload is read, before the
+        upload is decoded (a slow upload holds no place)."""
+        admission = _ADMISSION.get()
+        if admission is not None:
+            admission.hold()
 
     def queue_depth(self, name: str | None = None) -> int:
         return self.repository.queue_depth(self.instance(name).info.name)
@@ -211,7 +263,9 @@ class Engine:
         batcher = instance.batcher
         timing = RunTiming()  # filled in by the worker: statistics and trace spans read it
         try:
-            future = batcher.submit(np.ascontiguousarray(images), tuple(outputs), timing)
+            admission = _ADMISSION.get()
+            slot = admission.slot if admission is not None else None
+            future = batcher.submit(np.ascontiguousarray(images), tuple(outputs), timing, slot)
         except Overloaded:
             self.metrics.overloaded.labels(instance.info.name).inc()
             raise

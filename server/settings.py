@@ -194,7 +194,12 @@ class Settings(BaseSettings):
     batch_delay_ms: float = Field(
         2.0, ge=0.0, le=1000.0, description="How long a batch waits for more same-shape requests."
     )
-    max_queue: int = Field(64, ge=1, description="Queued requests per model before answering 503 Overloaded.")
+    max_queue: int = Field(
+        64,
+        ge=1,
+        description="Requests per model queued, or decoding their upload on the way to the queue, "
+        "before answering 503 Overloaded.",
+    )
     retry_after_s: int = Field(1, ge=0, description="Retry-After seconds sent with 503 Overloaded.")
     request_timeout_s: float = Field(120.0, gt=0, description="Deadline for one inference (queue + run).")
     warmup_sizes: Annotated[list[str], NoDecode] = Field(

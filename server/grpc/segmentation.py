@@ -171,21 +171,22 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
         kinds = _output_kinds(options)
         segment_options = _segment_options(options)
         version = options.version or None
-        # NOT_FOUND / UNAVAILABLE / RESOURCE_EXHAUSTED / INVALID_ARGUMENT before the image is decoded
-        info = self._segmenter.admit(options.model or None, version, segment_options)
-        if pb.OUTPUT_KIND_CONFIDENCE in kinds and not info.has_confidence:
-            raise InvalidOption(f"model {info.name!r} has no confidence output")
-        observer = self._engine.observer
-        with observer.request(f"{SERVICE_NAME}/Segment", tracing.grpc_carrier(context), info):
-            started = time.perf_counter()
-            with observer.step("decode", info):
-                image = await self._image(request)
-            decode_ms = (time.perf_counter() - started) * 1000.0
-            result = await within_deadline(
-                context, self._segmenter.segment(image, segment_options, model=info.name, version=version)
-            )
-            with observer.step("encode", result.info):
-                reply = await self._engine.codecs.run(_reply, request, image, result, kinds)
+        # NOT_FOUND / UNAVAILABLE / RESOURCE_EXHAUSTED / INVALID_ARGUMENT before the image is decoded; from
+        # decoding on, a queue place is held for the inference
+        with self._segmenter.admit(options.model or None, version, segment_options) as info:
+            if pb.OUTPUT_KIND_CONFIDENCE in kinds and not info.has_confidence:
+                raise InvalidOption(f"model {info.name!r} has no confidence output")
+            observer = self._engine.observer
+            with observer.request(f"{SERVICE_NAME}/Segment", tracing.grpc_carrier(context), info):
+                started = time.perf_counter()
+                with observer.step("decode", info):
+                    image = await self._image(request)
+                decode_ms = (time.perf_counter() - started) * 1000.0
+                result = await within_deadline(
+                    context, self._segmenter.segment(image, segment_options, model=info.name, version=version)
+                )
+                with observer.step("encode", result.info):
+                    reply = await self._engine.codecs.run(_reply, request, image, result, kinds)
         reply.timings_ms["decode_ms"] = decode_ms
         return reply
 

@@ -25,7 +25,7 @@ from server.segmentation.tiling import inference_size, labels_and_confidence, sc
 from server.segmentation.tta import IN_FLIGHT, LogitsFn, own_logits, plan_preset, run_preset
 
 if TYPE_CHECKING:
-    from server.engine import Engine
+    from server.engine import Admission, Engine
 
 __all__ = ["SegmentResult", "Segmenter"]
 
@@ -63,15 +63,18 @@ class Segmenter:
         self.limits = engine.limits
 
     # --- before the body is read ------------------------------------------------------------------
-    def admit(self, model: str | None, version: str | None, options: SegmentOptions) -> ModelInfo:
-        """NotFound / NotReady / Overloaded, and options the model cannot run, before any upload is read."""
-        info = self.engine.admit(model, version)
-        _require_logits(info, options)
-        return info
+    def admit(self, model: str | None, version: str | None, options: SegmentOptions) -> Admission:
+        """NotFound / NotReady / Overloaded, and options the model cannot run, before any upload is read;
+        ``with segmenter.admit(...) as info:`` around the request (:class:`server.engine.Admission`)."""
+        admission = self.engine.admit(model, version)
+        _require_logits(admission.info, options)
+        return admission
 
     # --- decode -----------------------------------------------------------------------------------
     async def decode(self, data: bytes, content_type: str | None = None) -> np.ndarray:
-        """An encoded image (JPEG, PNG, ...) -> RGB uint8 [H, W, 3]; the pixel cap is checked before decoding."""
+        """An encoded image (JPEG, PNG, ...) -> RGB uint8 [H, W, 3]; the pixel cap is checked before decoding.
+        An admitted request takes its queue place first (:meth:`server.engine.Admission.hold`)."""
+        self.engine.hold_place()
         return await self.engine.codecs.run(
             decode_image, data, max_pixels=self.settings.max_pixels, content_type=content_type
         )

@@ -125,6 +125,56 @@ def test_full_queue_raises_overloaded_immediately() -> None:
         batcher.close()
 
 
+def test_held_places_count_against_the_queue_and_their_submit_is_not_refused() -> None:
+    run = GatedRun()
+    batcher = Batcher(run, name="m", max_queue=2)
+    try:
+        batcher.submit(image(1), ("labels",))
+        assert run.started.wait(5)
+        first, second = batcher.hold(), batcher.hold()  # two requests decoding: the queue is full
+        with pytest.raises(Overloaded, match="2 requests queued"):
+            batcher.hold()
+        with pytest.raises(Overloaded):
+            batcher.check_capacity()
+        with pytest.raises(Overloaded):
+            batcher.submit(image(9), ("labels",))  # a request that holds no place
+        taken = batcher.submit(image(2), ("labels",), slot=first)  # a held place is never refused
+        assert batcher.depth == 1 and not first.held
+        second.release()
+        second.release()  # idempotent: the place is given back once
+        third = batcher.hold()  # the one given back
+        with pytest.raises(Overloaded):
+            batcher.hold()
+        third.release()
+        first.release()  # already taken by its submit: gives back nothing
+        fourth = batcher.hold()
+        with pytest.raises(Overloaded):
+            batcher.hold()
+        fourth.release()
+        run.gate.set()
+        assert taken.result(5)["labels"].tolist() == [26]
+    finally:
+        batcher.close()
+
+
+def test_a_place_of_another_batcher_is_not_taken() -> None:
+    run, other = GatedRun(), Batcher(GatedRun(), name="other", max_queue=1)
+    batcher = Batcher(run, name="m", max_queue=1)
+    try:
+        batcher.submit(image(1), ("labels",))
+        assert run.started.wait(5)
+        batcher.submit(image(2), ("labels",))
+        with other.hold() as slot:
+            with pytest.raises(Overloaded):
+                batcher.submit(image(3), ("labels",), slot=slot)
+            assert slot.held
+        assert not slot.held
+        run.gate.set()
+    finally:
+        batcher.close()
+        other.close()
+
+
 def test_errors_reach_every_caller_and_workers_survive() -> None:
     calls = {"n": 0}
 

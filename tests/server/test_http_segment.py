@@ -280,6 +280,31 @@ def test_overloaded_is_503_with_retry_after(app_factory) -> None:
     assert queued.result(5)["labels"].shape == (1, 32, 32)
 
 
+def test_a_request_holds_its_queue_place_from_decoding_and_gives_it_back(app_factory, monkeypatch) -> None:
+    import server.segmentation.pipeline as pipeline
+
+    client, engine = app_factory(max_queue=1)
+    batcher = engine.instance(None).batcher
+    seen: list[int] = []
+    decode = pipeline.decode_image
+
+    def counting(*args, **kwargs):
+        seen.append(batcher._held)  # the place is taken before the image is decoded
+        return decode(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "decode_image", counting)
+    assert post(client).status_code == 200
+    error_of(post(client, image=b"not an image"), 400, "invalid_image")
+    assert seen == [1, 1] and batcher._held == 0  # taken by the run, or given back on the error
+
+    # a queue of one, already full of held places: refused before decoding, with the counter
+    with batcher.hold():
+        seen.clear()
+        error_of(post(client), 503, "overloaded")
+        assert seen == []
+    assert batcher._held == 0 and post(client).status_code == 200
+
+
 def test_unexpected_exception_is_generic_500_and_logged(
     app_factory, caplog: pytest.LogCaptureFixture
 ) -> None:

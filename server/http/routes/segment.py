@@ -174,20 +174,21 @@ async def segment(
         crop_size=parse_size(crop_size, "crop_size"),
         stride=parse_size(stride, "stride"),
     )
-    info = segmenter.admit(model, version, options)  # 404 / 503 / 422 before reading the body
-    observer = segmenter.engine.observer
-    with observer.request("POST /segment", request.headers, info):
-        data, declared = await read_image_bytes(request, settings.max_upload_bytes)
-        t1 = time.perf_counter()
-        with observer.step("decode", info, **{tracing.BYTES: len(data)}):
-            image = await segmenter.decode(data, declared)
-        decode_ms = (time.perf_counter() - t1) * 1000
-        result = await segmenter.segment(image, options, model=info.name, version=version)
-        t2 = time.perf_counter()
-        with observer.step("encode", result.info):
-            body, media = await segmenter.engine.codecs.run(
-                render, chosen, image, result, options, alpha=alpha, rle=rle
-            )
+    # 404 / 503 / 422 before reading the body; from decoding on, a queue place is held for the inference
+    with segmenter.admit(model, version, options) as info:
+        observer = segmenter.engine.observer
+        with observer.request("POST /segment", request.headers, info):
+            data, declared = await read_image_bytes(request, settings.max_upload_bytes)
+            t1 = time.perf_counter()
+            with observer.step("decode", info, **{tracing.BYTES: len(data)}):
+                image = await segmenter.decode(data, declared)
+            decode_ms = (time.perf_counter() - t1) * 1000
+            result = await segmenter.segment(image, options, model=info.name, version=version)
+            t2 = time.perf_counter()
+            with observer.step("encode", result.info):
+                body, media = await segmenter.engine.codecs.run(
+                    render, chosen, image, result, options, alpha=alpha, rle=rle
+                )
     timings = {"decode_ms": decode_ms, **result.timings, "encode_ms": (time.perf_counter() - t2) * 1000}
     timings["total_ms"] = (time.perf_counter() - t0) * 1000
     headers = {
