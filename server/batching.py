@@ -181,9 +181,15 @@ class Batcher:
 
     def _release(self, slot: Slot) -> None:
         with self._cond:
-            if slot.held:
-                slot.held = False
-                self._held -= 1
+            self._unhold(slot)
+
+    def _unhold(self, slot: Slot) -> bool:
+        """Whether ``slot`` was a place of this batcher still held (it is not any more); under ``_cond``."""
+        if slot.batcher is not self or not slot.held:
+            return False
+        slot.held = False
+        self._held -= 1
+        return True
 
     def _refuse_if_full(self) -> None:
         if self._closing:
@@ -209,10 +215,8 @@ class Batcher:
         if timing is not None:
             timing.enqueued = request.enqueued
         with self._cond:
-            if slot is not None and slot.batcher is self and slot.held and not self._closing:
-                slot.held = False
-                self._held -= 1
-            else:
+            taken = slot is not None and not self._closing and self._unhold(slot)
+            if not taken:
                 self._refuse_if_full()
             self._queue.append(request)
             self._cond.notify()

@@ -216,11 +216,7 @@ class Engine:
         decoding an upload, so that a full queue costs a rejected client nothing but the round trip."""
         entry = self.instance(name, version)
         self._check_ready()
-        name = entry.info.name
-
-        def refused() -> None:
-            self.metrics.overloaded.labels(name).inc()
-
+        refused = self.metrics.overloaded.labels(entry.info.name).inc
         try:
             entry.batcher.check_capacity()
         except Overloaded:

@@ -172,7 +172,8 @@ class SegmentationServicer(pb_grpc.SegmentationServiceServicer):
         segment_options = _segment_options(options)
         version = options.version or None
         # NOT_FOUND / UNAVAILABLE / RESOURCE_EXHAUSTED / INVALID_ARGUMENT before the image is decoded; from
-        # decoding on, a queue place is held for the inference
+        # decoding an encoded image on, a queue place is held for the inference (raw pixels take theirs
+        # at the first run)
         with self._segmenter.admit(options.model or None, version, segment_options) as info:
             if pb.OUTPUT_KIND_CONFIDENCE in kinds and not info.has_confidence:
                 raise InvalidOption(f"model {info.name!r} has no confidence output")
