@@ -4,9 +4,10 @@ Clients keep sending while the server is told to stop. Every HTTP request (a fre
 that "accepted" is unambiguous) must end in a complete response (200, or 503 while shutting down) or a
 refused connection; never a truncated body, never a reset after the request was sent (except a connection
 opened after the signal and still in the kernel's listen backlog when the listener closes, which the kernel
-resets: see ``_in_backlog``). gRPC calls must end OK, RESOURCE_EXHAUSTED or UNAVAILABLE (not accepted), or
-CANCELLED if started after the signal; every call started well before the signal must end OK. The server exits 0 without a traceback, and requests that were in flight when the signal
-arrived were answered.
+resets: see ``_in_backlog``). gRPC calls must end OK, RESOURCE_EXHAUSTED, UNAVAILABLE (not accepted) or
+CANCELLED (gRPC cancels a call its transport had received but the application had not yet picked up when
+shutdown began: see ``_never_picked_up``); every call started well before the signal must end OK. The
+server exits 0 without a traceback, and requests that were in flight when the signal arrived were answered.
 """
 
 from __future__ import annotations
@@ -148,6 +149,26 @@ def _in_backlog(attempt: Attempt, signalled: float) -> bool:
     return attempt.outcome == "no-response" and attempt.started > signalled
 
 
+ACCEPTED_BEFORE_S = 0.5  # a call started this long before the signal had certainly been picked up
+
+
+def _never_picked_up(attempt: Attempt, signalled: float) -> bool:
+    """A call cancelled by gRPC core at shutdown: its stream had reached the server but was still waiting for
+    the application to pick it up, and core cancels such calls when shutdown begins (seen in CI trials, for
+    calls started just after and just before the signal). It never ran, so a retry is safe. Calls started
+    ``ACCEPTED_BEFORE_S`` or more before the signal get no such allowance."""
+    return attempt.status == "CANCELLED" and attempt.started > signalled - ACCEPTED_BEFORE_S
+
+
+def _timeline(attempts: list[Attempt], signalled: float) -> str:
+    """The calls that did not end OK, timed from the signal, for a failure message."""
+    return "; ".join(
+        f"{a.status} started {a.started - signalled:+.3f}s ended {a.ended - signalled:+.3f}s"
+        for a in attempts
+        if a.status not in (200, "OK")
+    )[:1500]
+
+
 def _check_exit(server: ServerProcess, code: int) -> None:
     log = server.log_text()
     assert code == 0, f"danet-serve exited with {code}:\n{server.log_tail()}"
@@ -187,14 +208,11 @@ def test_grpc_sigterm_loses_no_accepted_call(work_onnx: Path) -> None:
         server.kill()
     print(f"\ngRPC: {_summary(attempts)}")
     _check_exit(server, code)
-    # A call that reaches the server while it shuts down may be cancelled by gRPC before the application
-    # sees it (seen once in a CI trial: CANCELLED=1 next to UNAVAILABLE=16). Only after the signal.
-    late_cancelled = [a for a in attempts if a.status == "CANCELLED" and a.started > signalled]
-    statuses = {a.status for a in attempts if a not in late_cancelled}
-    assert statuses <= {"OK", "RESOURCE_EXHAUSTED", "UNAVAILABLE"}, _summary(attempts)
-    # A call that started this long before the signal had certainly been accepted by the server.
-    accepted_before = [a for a in attempts if a.started < signalled - 0.5]
-    lost = [a for a in accepted_before if a.status == "UNAVAILABLE"]
-    assert not lost, f"calls accepted before SIGTERM were dropped: {lost[:5]}"
+    timeline = f"{_summary(attempts)}: {_timeline(attempts, signalled)}"
+    statuses = {a.status for a in attempts if not _never_picked_up(a, signalled)}
+    assert statuses <= {"OK", "RESOURCE_EXHAUSTED", "UNAVAILABLE"}, timeline
+    accepted_before = [a for a in attempts if a.started <= signalled - ACCEPTED_BEFORE_S]
+    lost = [a for a in accepted_before if a.status not in ("OK", "RESOURCE_EXHAUSTED")]
+    assert not lost, f"calls accepted before SIGTERM were dropped: {lost[:5]} ({timeline})"
     drained = [a for a in attempts if a.status == "OK" and a.started < signalled < a.ended]
     assert drained, "no call was in flight at SIGTERM: the test did not exercise draining"
