@@ -269,7 +269,15 @@ class Settings(BaseSettings):
         16 * 1024,
         ge=1,
         description="Bytes per second: each received body byte extends the body deadline by "
-        "1/http_body_min_rate s (a body slower than this on average after http_body_timeout_s is dropped).",
+        "1/http_body_min_rate s (a body slower than this on average after http_body_timeout_s is dropped); "
+        "each reply byte a client reads extends the write deadline the same way.",
+    )
+    http_write_timeout_s: float = Field(
+        30.0,
+        gt=0.0,
+        description="Seconds a reply may wait on a client that does not read it, beyond what "
+        "http_body_min_rate buys for the bytes it does read; then the connection is closed and its buffered "
+        "reply dropped.",
     )
     max_connections: int = Field(
         512,

@@ -11,6 +11,10 @@ reads, and a timed-out request never reaches (or leaves) the app half-read:
 - body deadline: ``http_body_timeout_s`` after the head, extended by ``1 / http_body_min_rate`` seconds per
   byte received (a minimum average rate); then ``408`` if no reply has started, and the connection is closed
   (the app's ``receive()`` reports a disconnect, so its work stops as for a client that left);
+- write deadline: once a reply fills the socket's buffers (the transport pauses writing), the client has
+  ``http_write_timeout_s``, extended by ``1 / http_body_min_rate`` seconds per byte it reads, to take it;
+  then the connection is aborted and its buffered reply dropped (without this, a client that never reads
+  holds its connection and the whole encoded reply, and closing the connection waits for the buffer);
 - ``max_connections``: one connection more is answered ``503`` (``Retry-After``) and closed at once.
 """
 
@@ -18,12 +22,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
+import sys
 import time
 from typing import Any, ClassVar
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from server.settings import Settings
+
+#: ``struct tcp_info`` (linux/tcp.h): ``tcpi_bytes_acked`` (u64) at byte 120, present since Linux 4.1.
+_BYTES_ACKED = 120
+_TCP_INFO_SIZE = _BYTES_ACKED + 8
 
 
 def _reply(status: int, phrase: str, code: str, message: str, extra: str = "") -> bytes:
@@ -41,6 +51,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     header_timeout_s: ClassVar[float] = 10.0
     body_timeout_s: ClassVar[float] = 30.0
     body_min_rate: ClassVar[int] = 16 * 1024
+    write_timeout_s: ClassVar[float] = 30.0
     max_connections: ClassVar[int] = 512
     retry_after_s: ClassVar[int] = 1
 
@@ -49,6 +60,9 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._deadline: asyncio.TimerHandle | None = None
         self._body_started = 0.0
         self._body_seen = 0
+        self._write_deadline: asyncio.TimerHandle | None = None
+        self._write_paused_at = 0.0
+        self._write_taken = 0
 
     # --- connection ------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -70,7 +84,39 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        self._disarm_write()
         super().connection_lost(exc)
+
+    # --- flow control: a reply the client does not read --------------------------------------------
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        self._write_paused_at = time.monotonic()
+        self._write_taken = self._taken()
+        self._disarm_write()
+        self._write_deadline = self.loop.call_later(self.write_timeout_s, self._write_check)
+
+    def resume_writing(self) -> None:
+        self._disarm_write()
+        super().resume_writing()
+
+    def _taken(self) -> int:
+        """Bytes the client has taken so far: acknowledged by its TCP stack (``tcpi_bytes_acked``, Linux), or
+        elsewhere minus what the transport still buffers. The transport's buffer alone moves in steps of
+        half the kernel's send buffer (megabytes), so a client reading steadily would look stalled."""
+        sock = self.transport.get_extra_info("socket")
+        if sock is not None and hasattr(socket, "TCP_INFO"):
+            try:
+                info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_SIZE)
+            except OSError:
+                info = b""
+            if len(info) >= _TCP_INFO_SIZE:
+                return int.from_bytes(info[_BYTES_ACKED : _BYTES_ACKED + 8], sys.byteorder)
+        return -self.transport.get_write_buffer_size()
+
+    def _disarm_write(self) -> None:
+        if self._write_deadline is not None:
+            self._write_deadline.cancel()
+            self._write_deadline = None
 
     # --- parser callbacks --------------------------------------------------------------------------
     def on_message_begin(self) -> None:
@@ -125,6 +171,34 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         )
         self._drop(message)
 
+    def _write_check(self) -> None:
+        """Still paused: abort unless the bytes the client has read since the pause bought more time. Runs
+        on a closing transport too (``close()`` waits for the buffer to drain, so it would never end)."""
+        self._write_deadline = None
+        buffered = self.transport.get_write_buffer_size()
+        read = max(0, self._taken() - self._write_taken)
+        remaining = (
+            self._write_paused_at + self.write_timeout_s + read / self.body_min_rate - time.monotonic()
+        )
+        if remaining > 0:
+            self._write_deadline = self.loop.call_later(remaining, self._write_check)
+            return
+        cycle = self.cycle
+        if cycle is not None:
+            cycle.disconnected = True
+            cycle.message_event.set()
+        self.logger.info(
+            "aborting a connection from %s that does not read its reply: %d bytes read and %d still buffered "
+            "after %.0f s (http_write_timeout_s=%g, http_body_min_rate=%d B/s)",
+            self.client,
+            read,
+            buffered,
+            time.monotonic() - self._write_paused_at,
+            self.write_timeout_s,
+            self.body_min_rate,
+        )
+        self.transport.abort()
+
     def _drop(self, message: str) -> None:
         """408 unless a reply has started, then close; the app's ``receive()`` sees a disconnect."""
         cycle = self.cycle
@@ -146,6 +220,7 @@ def guarded_protocol(settings: Settings) -> type[GuardedHttpProtocol]:
             "header_timeout_s": settings.http_header_timeout_s,
             "body_timeout_s": settings.http_body_timeout_s,
             "body_min_rate": settings.http_body_min_rate,
+            "write_timeout_s": settings.http_write_timeout_s,
             "max_connections": settings.max_connections,
             "retry_after_s": settings.retry_after_s,
         },

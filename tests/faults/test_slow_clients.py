@@ -1,5 +1,6 @@
 """Slow and idle clients against a real danet-serve process, from raw sockets: headers or a body trickled one
-byte at a time, connections that send nothing, more connections than the cap, idle gRPC connections.
+byte at a time, connections that send nothing, a client that never reads its reply, more connections than
+the cap, idle gRPC connections.
 
 The server runs with short limits (seconds) so that each case ends quickly; each test checks what the
 client gets (408, 503, GOAWAY, a closed socket) and that it got it before it had finished sending, never how
@@ -9,6 +10,7 @@ long it took. The times are printed (``-s``) for the record.
 from __future__ import annotations
 
 import contextlib
+import json
 import select
 import socket
 import struct
@@ -20,7 +22,7 @@ import httpx
 import pytest
 
 from bench.server_proc import ServerProcess
-from tests.conftest import server_process
+from tests.conftest import make_scene, server_process
 
 HEADER_TIMEOUT_S = 2.0
 BODY_TIMEOUT_S = 2.0
@@ -28,6 +30,7 @@ BODY_MIN_RATE = 1000  # bytes/s
 MAX_CONNECTIONS = 8
 GRPC_IDLE_S = 1.0
 GRPC_STREAMS = 7
+WRITE_TIMEOUT_S = 1.0
 TRICKLE_S = 0.1  # one byte per TRICKLE_S: 10 bytes/s, far below BODY_MIN_RATE
 
 
@@ -37,6 +40,7 @@ def slow_server(tiny_onnx: Path) -> Iterator[ServerProcess]:
         "DANET_HTTP_HEADER_TIMEOUT_S": str(HEADER_TIMEOUT_S),
         "DANET_HTTP_BODY_TIMEOUT_S": str(BODY_TIMEOUT_S),
         "DANET_HTTP_BODY_MIN_RATE": str(BODY_MIN_RATE),
+        "DANET_HTTP_WRITE_TIMEOUT_S": str(WRITE_TIMEOUT_S),
         "DANET_MAX_CONNECTIONS": str(MAX_CONNECTIONS),
         "DANET_KEEP_ALIVE_S": "1",
         "DANET_GRPC_MAX_CONNECTION_IDLE_S": str(GRPC_IDLE_S),
@@ -146,6 +150,88 @@ def test_an_idle_keep_alive_connection_is_closed(slow_server: ServerProcess) -> 
         sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
         assert read_response(sock).startswith(b"HTTP/1.1 200 ")
         assert read_all(sock) == b""  # closed without a word after keep_alive_s
+
+
+def logits_request(height: int, width: int) -> bytes:
+    """A KServe v2 binary request whose reply carries the tiny model's FP32 logits (16 bytes a pixel)."""
+    batch = make_scene(height, width, seed=3)[None]
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "image",
+                    "datatype": "UINT8",
+                    "shape": list(batch.shape),
+                    "parameters": {"binary_data_size": batch.nbytes},
+                }
+            ],
+            "outputs": [{"name": "logits", "parameters": {"binary_data": True}}],
+        }
+    ).encode()
+    body = header + batch.tobytes()
+    head = (
+        "POST /v2/models/tiny/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\n"
+        f"Inference-Header-Content-Length: {len(header)}\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    return head + body
+
+
+def small_window(port: int) -> socket.socket:
+    """A connection with a 4 KiB receive buffer (set before connecting, so the window stays small)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.settimeout(30)
+    sock.connect(("127.0.0.1", port))
+    return sock
+
+
+def body_length(head: bytes) -> int:
+    return next(
+        int(line.split(b":", 1)[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    )
+
+
+def test_a_client_that_never_reads_its_reply_is_cut_off(slow_server: ServerProcess) -> None:
+    """A reply of 8 MB to a client that reads nothing: once the socket's buffers are full the server holds
+    the rest; after the write deadline it aborts the connection and drops it, so the client can never read
+    the whole reply. Others are served meanwhile."""
+    with small_window(slow_server.http_port) as sock:
+        sock.sendall(logits_request(512, 1024))
+        time.sleep(WRITE_TIMEOUT_S + 4)  # read nothing: the reply is encoded, sent in part, and stalls
+        with httpx.Client(base_url=slow_server.http_url, timeout=10) as client:
+            assert client.get("/readyz").status_code == 200
+        received = read_all(sock)  # what the kernel held, then the reset or the close
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 "), received[:300]
+    length = body_length(head)
+    print(f"\nreceived {len(body)} bytes of a {length}-byte reply")
+    assert length > 4 * 2**20 and len(body) < length, (
+        "the whole reply was kept for a client that did not read"
+    )
+
+
+def test_a_client_that_reads_its_reply_slowly_gets_all_of_it(slow_server: ServerProcess) -> None:
+    """The same 8 MB reply to a client that reads 128 KiB, stops for longer than the write deadline, and does
+    that twice more: the bytes it read bought the time (1 s per http_body_min_rate bytes), so it gets every
+    byte."""
+    with small_window(slow_server.http_port) as sock:
+        sock.sendall(logits_request(512, 1024))
+        received = b""
+        stalls = 0
+        while chunk := sock.recv(65536):
+            received += chunk
+            head, _, body = received.partition(b"\r\n\r\n")
+            if head.startswith(b"HTTP/1.1 200 ") and len(body) >= body_length(head):
+                break
+            if stalls < 3 and len(received) >= (stalls + 1) * 128 * 1024:
+                stalls += 1
+                time.sleep(WRITE_TIMEOUT_S * 1.5)
+    head, _, body = received.partition(b"\r\n\r\n")
+    print(f"\nreceived {len(received)} bytes, stalls {stalls}")
+    assert stalls == 3, stalls
+    assert head.startswith(b"HTTP/1.1 200 ") and len(body) == body_length(head) > 4 * 2**20, received[:300]
 
 
 def test_ordinary_requests_are_untouched(slow_server: ServerProcess) -> None:
