@@ -111,6 +111,16 @@ def segmentation_from(reply: pb.SegmentResponse, format: str) -> Segmentation:
     )
 
 
+def key_metadata(api_key: str | None) -> tuple[tuple[str, str | bytes], ...]:
+    """The API key as gRPC metadata: ``authorization: Bearer <key>``, or, for a key that is not printable
+    ASCII (which text metadata cannot carry), binary ``x-api-key-bin`` with its UTF-8 bytes."""
+    if not api_key:
+        return ()
+    if api_key.isascii() and api_key.isprintable():
+        return (("authorization", f"Bearer {api_key}"),)
+    return (("x-api-key-bin", api_key.encode("utf-8")),)
+
+
 class GrpcTransport:
     def __init__(
         self,
@@ -123,7 +133,7 @@ class GrpcTransport:
     ) -> None:
         self.target = target
         self._timeout = timeout
-        self._metadata = (("authorization", f"Bearer {api_key}"),) if api_key else ()
+        self._metadata = key_metadata(api_key)
         options = [
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),

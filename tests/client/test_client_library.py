@@ -13,7 +13,7 @@ from PIL import Image
 from bench.server_proc import ServerProcess
 from client import DanetClient, DanetClientError, Segmentation
 from tests.client.conftest import API_KEY
-from tests.conftest import free_port
+from tests.conftest import free_port, server_process
 from tests.grpc.harness import OnnxReference, random_image
 from tests.onnx_fixtures import RGB_CLASSES, RGB_PALETTE
 
@@ -105,6 +105,30 @@ def test_server_refusals_are_client_errors(client: DanetClient, call: object, co
 def test_api_key_is_required(live_server: ServerProcess, protocol: str, key: str | None) -> None:
     with connect(live_server, protocol, api_key=key) as c, pytest.raises(DanetClientError) as info:
         c.segment(random_image(0))
+    assert info.value.code in {"UNAUTHENTICATED", "unauthenticated"}
+
+
+UNICODE_KEY = "clé-ключ-鍵"
+
+
+@pytest.fixture(scope="module")
+def unicode_key_server(tiny_onnx: Path) -> Iterator[ServerProcess]:
+    server = server_process([tiny_onnx], "--api-key", UNICODE_KEY, log_format="text").start()
+    yield server
+    server.stop()
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_a_key_outside_ascii_is_sent_so_the_server_accepts_it(
+    unicode_key_server: ServerProcess, protocol: str
+) -> None:
+    """REST sends it as UTF-8 header bytes, gRPC as binary ``x-api-key-bin`` (text metadata is ASCII)."""
+    with connect(unicode_key_server, protocol, api_key=UNICODE_KEY, timeout=30) as c:
+        result = c.segment(random_image(0))
+        assert (result.height, result.width) == (20, 28)
+    wrong = connect(unicode_key_server, protocol, api_key=UNICODE_KEY[:-1], timeout=30)
+    with wrong, pytest.raises(DanetClientError) as info:
+        wrong.segment(random_image(0))
     assert info.value.code in {"UNAUTHENTICATED", "unauthenticated"}
 
 
