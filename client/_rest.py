@@ -40,7 +40,7 @@ class RestTransport:
     def __init__(self, url: str, *, api_key: str | None, timeout: float) -> None:
         self.url = url.rstrip("/")
         # bytes: a key outside ASCII goes as its UTF-8 bytes, as the server compares it
-        headers = {"Authorization": f"Bearer {api_key}".encode()} if api_key else {}
+        headers = {b"Authorization": f"Bearer {api_key}".encode()} if api_key else {}
         self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
 
     def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:

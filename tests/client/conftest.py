@@ -14,11 +14,15 @@ from tests.grpc.harness import OnnxReference
 API_KEY = "client-test-key"
 
 
-@pytest.fixture(scope="session")
-def live_server(tiny_onnx: Path) -> Iterator[ServerProcess]:
-    server = server_process([tiny_onnx], "--api-key", API_KEY, log_format="text").start()
+def keyed_server(tiny_onnx: Path, api_key: str) -> Iterator[ServerProcess]:
+    server = server_process([tiny_onnx], "--api-key", api_key, log_format="text").start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def live_server(tiny_onnx: Path) -> Iterator[ServerProcess]:
+    yield from keyed_server(tiny_onnx, API_KEY)
 
 
 @pytest.fixture(scope="session")

@@ -12,8 +12,8 @@ from PIL import Image
 
 from bench.server_proc import ServerProcess
 from client import DanetClient, DanetClientError, Segmentation
-from tests.client.conftest import API_KEY
-from tests.conftest import free_port, server_process
+from tests.client.conftest import API_KEY, keyed_server
+from tests.conftest import free_port
 from tests.grpc.harness import OnnxReference, random_image
 from tests.onnx_fixtures import RGB_CLASSES, RGB_PALETTE
 
@@ -113,9 +113,7 @@ UNICODE_KEY = "clé-ключ-鍵"
 
 @pytest.fixture(scope="module")
 def unicode_key_server(tiny_onnx: Path) -> Iterator[ServerProcess]:
-    server = server_process([tiny_onnx], "--api-key", UNICODE_KEY, log_format="text").start()
-    yield server
-    server.stop()
+    yield from keyed_server(tiny_onnx, UNICODE_KEY)
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
