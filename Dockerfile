@@ -1,6 +1,7 @@
 # danet-serve images (docs/deploy.md). Targets:
 #   cpu     python:3.11-slim + onnxruntime (CPU build); the default target (last stage)
-#   gpu     the same Python base + onnxruntime-gpu with CUDA 13, cuDNN 9 and cuBLAS from PyPI wheels
+#   gpu     CUDA_IMAGE (by default the same Python base) + onnxruntime-gpu with CUDA 13, cuDNN 9 and cuBLAS
+#           from PyPI wheels
 #   export  one-shot `danet-export` with torch (CPU build); never used for serving
 # The runtime images hold the danet-serve wheel (embedded default model included as package data), its
 # runtime dependencies and nothing else: no torch, no compiler, no build tools. Configuration is by
@@ -10,6 +11,9 @@
 # here (RUN --mount), and fetching a frontend image would need a registry, which offline builders lack.
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+# The gpu stage's base: any image with Python 3.11 and pip (e.g. an NVIDIA CUDA runtime image with Python
+# added). By default the same Python base: CUDA 13, cuDNN 9 and cuBLAS then come from NVIDIA's PyPI wheels.
+ARG CUDA_IMAGE=${PYTHON_IMAGE}
 
 # Layers are few on purpose: every RUN/COPY is one layer, and storage drivers without overlays (vfs in CI)
 # copy the whole file system per layer. Helper scripts that only run at build time are bind-mounted.
@@ -43,7 +47,7 @@ RUN --mount=type=bind,target=/src,rw \
 # PyPI (runtime_requirements.py); no vendor CUDA base image. The host provides only the driver
 # (libcuda.so.1, mounted by the NVIDIA Container Toolkit); every other library the CUDA provider links is
 # in the image, which check_image.py verifies with ldd during the build.
-FROM ${PYTHON_IMAGE} AS gpu
+FROM ${CUDA_IMAGE} AS gpu
 # Optional TensorRT execution provider: e.g. --build-arg TENSORRT_LIBS="tensorrt-cu13-libs==10.*"
 # (onnxruntime-gpu links libnvinfer.so.10). Without it the server uses the CUDA provider.
 ARG TENSORRT_LIBS=""
