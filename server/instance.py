@@ -28,6 +28,9 @@ from server.versions import Fingerprint
 
 logger = logging.getLogger(__name__)
 
+#: onnxruntime's run option that frees the arena's unused regions at the end of the run.
+ARENA_SHRINKAGE = "memory.enable_memory_arena_shrinkage"
+
 
 @dataclass(frozen=True)
 class BatchingConfig:
@@ -73,6 +76,7 @@ class ModelInstance:
     use_io_binding: bool
     fingerprint: Fingerprint = ()
     heap_reuse_max_pixels: int | None = None  # CPU sessions without the arena: allocator.HEAP per run
+    shrink_arena: bool = False  # the CPU arena gives back its free regions after every run
     batcher: Batcher = field(init=False)
     _active: int = 0
     _idle: threading.Condition = field(default_factory=threading.Condition)
@@ -94,7 +98,15 @@ class ModelInstance:
             heap = settings.cpu_heap_reuse_max_pixels
             if heap > 0:
                 allocator.HEAP.prepare()
-        instance = cls(info, handle, batching, settings.io_binding and handle.on_gpu, fingerprint, heap)
+        instance = cls(
+            info,
+            handle,
+            batching,
+            settings.io_binding and handle.on_gpu,
+            fingerprint,
+            heap,
+            handle.cpu_arena and settings.cpu_arena_shrink,
+        )
         instance.batcher = Batcher(
             lambda images, outputs, token: instance.run(
                 images, outputs, token
@@ -127,6 +139,8 @@ class ModelInstance:
         import onnxruntime as ort
 
         options = ort.RunOptions()
+        if self.shrink_arena:
+            options.add_run_config_entry(ARENA_SHRINKAGE, "cpu:0")
         token.on_cancel(lambda: setattr(options, "terminate", True))
         session = self.handle.session
         try:

@@ -146,7 +146,8 @@ def session_options(settings: Settings, model_bytes: int = 0) -> ort.SessionOpti
     # Without the arena, a memory pattern makes every repeated shape allocate one block laid out by
     # the planner, larger than the live peak (DANet-R50 1024x2048 in danet-serve: +240 MB from the
     # second request on, measured); allocating tensor by tensor keeps the peak at what is live.
-    options.enable_mem_pattern = arena
+    # With the arena shrunk after every run, patterns would pin one planned block per shape instead.
+    options.enable_mem_pattern = arena and not settings.cpu_arena_shrink
     if settings.intra_op_threads:
         options.intra_op_num_threads = settings.intra_op_threads
     if settings.inter_op_threads:

@@ -10,6 +10,8 @@ import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -30,6 +32,7 @@ from server.allocator import (
     preload_plan,
 )
 from server.engine import Engine
+from server.instance import ARENA_SHRINKAGE
 from server.providers import session_options, use_cpu_arena
 from server.settings import Settings
 from tests.conftest import make_scene
@@ -351,3 +354,45 @@ def test_a_model_without_the_arena_runs_under_the_heap_modes(tiny_onnx: Path) ->
     seen = asyncio.run(scenario())
     if heap_modes_apply():
         assert seen == [(24, False), (48, True), (24, False)]
+
+
+def test_a_shrinking_arena_runs_without_patterns_and_asks_each_run_to_shrink(tiny_onnx: Path) -> None:
+    """cpu_arena_shrink: the session has the arena but no memory patterns, and every run carries
+    onnxruntime's shrinkage option for the CPU arena; the answers are the same."""
+    base = Settings(
+        models=[tiny_onnx],
+        providers=["CPUExecutionProvider"],
+        warmup_sizes=["32x32"],
+        infer_at_preferred_size=False,
+    )
+    assert session_options(base, 1).enable_mem_pattern is True
+    shrinking = base.model_copy(update={"cpu_arena_shrink": True})
+    options = session_options(shrinking, 1)
+    assert options.enable_cpu_mem_arena is True and options.enable_mem_pattern is False
+    direct = ort.InferenceSession(str(tiny_onnx), providers=["CPUExecutionProvider"])
+
+    async def scenario(settings: Settings) -> list[str]:
+        engine = Engine(settings)
+        await engine.start()
+        seen: list[str] = []
+        try:
+            instance = engine.instance(None)
+            run = instance.handle.session.run
+
+            def recording(names: Any, feeds: Any, run_options: Any = None) -> Any:
+                try:
+                    seen.append(run_options.get_run_config_entry(ARENA_SHRINKAGE))
+                except RuntimeError:  # not set
+                    seen.append("")
+                return run(names, feeds, run_options)
+
+            instance.handle.session = SimpleNamespace(run=recording)
+            image = make_scene(40, 40, seed=4)[None]
+            out = await engine.infer(None, image, ["labels"])
+            np.testing.assert_array_equal(out["labels"], direct.run(["labels"], {"image": image})[0])
+        finally:
+            await engine.close()
+        return seen
+
+    assert asyncio.run(scenario(shrinking)) == ["cpu:0"]
+    assert asyncio.run(scenario(base)) == [""]
