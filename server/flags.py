@@ -43,6 +43,17 @@ def _unwrap_optional(annotation: Any) -> tuple[Any, bool]:
     return annotation, False
 
 
+def takes_none_word(annotation: Any) -> bool:
+    """Whether ``none`` means None for a field of this type: optional, and neither text nor a list (for
+    text ``none`` is a value like any other)."""
+    kind, optional = _unwrap_optional(annotation)
+    return optional and kind not in (str, SecretStr) and _list_item(kind) is None
+
+
+def none_word(value: Any) -> bool:
+    return isinstance(value, str) and value.strip().lower() == _NONE
+
+
 def _list_item(annotation: Any) -> Any | None:
     """The item type of a list-like annotation, else None."""
     if get_origin(annotation) in _LISTS:
@@ -95,7 +106,7 @@ def _help(settings_cls: type[BaseSettings], name: str, info: FieldInfo, repeatab
 
 
 def _none_or(value: str) -> str | None:
-    return None if value.strip().lower() == _NONE else value
+    return None if none_word(value) else value
 
 
 def add_settings_flags(

@@ -15,6 +15,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from common.contract import DEFAULT_GRPC_PORT, DEFAULT_HTTP_PORT, ENV_PREFIX
+from server.flags import none_word, takes_none_word
 
 DEFAULT_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 
@@ -360,6 +361,21 @@ class Settings(BaseSettings):
         "OTLP as the standard OTEL_* variables say (needs the `tracing` extra). Also on when "
         "OTEL_EXPORTER_OTLP_ENDPOINT or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT is set.",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _none_words(cls, data: Any) -> Any:
+        """``none`` in a DANET_* variable means None for an optional number, path or choice, as it does for
+        the field's flag (``DANET_CPU_ARENA_MAX_MODEL_MB=none``)."""
+        if isinstance(data, dict):
+            fields = cls.model_fields
+            data = {
+                key: None
+                if key in fields and none_word(value) and takes_none_word(fields[key].annotation)
+                else value
+                for key, value in data.items()
+            }
+        return data
 
     @field_validator("models", "providers", "warmup_sizes", "cors_origins", "load_models", mode="before")
     @classmethod

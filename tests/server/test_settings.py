@@ -215,3 +215,16 @@ def test_bad_value_is_explained_with_flag_and_variable() -> None:
     with pytest.raises(ValidationError) as caught:
         load_settings(["--model", "a.onnx", "--model-repository", "."])
     assert explain(caught.value, Settings).startswith("give models (--model) or model_repository")
+
+
+def test_none_in_a_variable_means_none_as_in_a_flag(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Optional numbers, paths and choices take ``none`` from DANET_* variables too; text keeps it."""
+    monkeypatch.setenv("DANET_CPU_ARENA_MAX_MODEL_MB", "none")
+    monkeypatch.setenv("DANET_GRPC_MAX_CONNECTION_AGE_S", " None ")
+    monkeypatch.setenv("DANET_DEFAULT_MODEL", "none")
+    settings = load_settings([])
+    assert settings.cpu_arena_max_model_mb is None and settings.grpc_max_connection_age_s is None
+    assert settings.default_model == "none"  # a model may be called that
+    monkeypatch.setenv("DANET_CPU_ARENA_MAX_MODEL_MB", "nothing")
+    with pytest.raises(ValidationError, match="cpu_arena_max_model_mb"):
+        load_settings([])
