@@ -141,8 +141,9 @@ class Settings(BaseSettings):
         description="Models with the CPU arena: no memory patterns, and after every run the arena gives "
         "back the regions it no longer uses (onnxruntime's memory.enable_memory_arena_shrinkage). With "
         "cpu_arena_max_model_mb=none this is the speed-first setting for large models: DANet-R50 1024x2048 "
-        "in one process, 0.92-0.95x a default session's time, peak 1.38-1.52 GB that does not grow and 444 MB "
-        "between runs; 512x512 level with a default session (measured). Off: the arena keeps what it grew to.",
+        "through danet-serve, 0.98-1.04x of a default session with a whole-server peak of 1880 MB (the "
+        "default memory policy: 1.05-1.12x, 1013 MB); between runs the arena is back at its loaded size "
+        "(measured). Off: the arena keeps what it grew to.",
     )
     cpu_heap_reuse_max_pixels: int = Field(
         512 * 512,

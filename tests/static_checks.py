@@ -147,9 +147,12 @@ def parse_dockerfile(text: str) -> tuple[dict[str, str], dict[str, Stage]]:
                 base = base.replace(f"${{{arg}}}", value).replace(f"${arg}", value)
             current = stages[name] = Stage(name, base, [])
         elif current is None:
-            if inst.keyword == "ARG":
+            if inst.keyword == "ARG":  # a default may name an earlier global ARG (CUDA_IMAGE=${PYTHON_IMAGE})
                 arg, _, value = inst.args.partition("=")
-                global_args[arg] = value.strip('"')
+                value = value.strip('"')
+                for earlier, known in global_args.items():
+                    value = value.replace(f"${{{earlier}}}", known).replace(f"${earlier}", known)
+                global_args[arg] = value
         else:
             current.instructions.append(inst)
     return global_args, stages

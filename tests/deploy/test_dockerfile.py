@@ -62,7 +62,8 @@ def test_stages(dockerfile_stages: dict[str, sc.Stage]) -> None:
     assert list(dockerfile_stages)[-1] == "cpu"
     assert dockerfile_stages["cpu"].base.startswith("python:3.11-slim")
     assert dockerfile_stages["builder"].base == dockerfile_stages["cpu"].base
-    # The gpu image needs no vendor CUDA base: the CUDA libraries come from PyPI wheels.
+    # The gpu image needs no vendor CUDA base: the CUDA libraries come from PyPI wheels. CUDA_IMAGE (the
+    # contract's build argument) defaults to the same Python base.
     assert dockerfile_stages["gpu"].base == dockerfile_stages["cpu"].base
     assert dockerfile_stages["gpu-report"].base == "gpu"  # the served gpu image stays torch-free
 
