@@ -304,6 +304,12 @@ class Settings(BaseSettings):
         description="Seconds before a gRPC connection is asked to reconnect (GOAWAY); calls then in flight "
         "get request_timeout_s more to finish (None = forever).",
     )
+    grpc_max_connections: int = Field(
+        512,
+        ge=1,
+        description="Open gRPC connections at once; one more is closed as soon as it is accepted "
+        "(grpc.max_allowed_incoming_connections), and the client sees UNAVAILABLE.",
+    )
     grpc_max_concurrent_streams: int = Field(
         100, ge=1, description="Concurrent gRPC calls (HTTP/2 streams) per connection."
     )

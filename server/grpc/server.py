@@ -66,11 +66,12 @@ def _ms(seconds: float) -> int:
 
 def connection_options(settings: Settings) -> list[tuple[str, int]]:
     """Bounds on connections that hold resources without using them: a client that never completes the
-    HTTP/2 handshake, idle or very old connections (GOAWAY), too many streams on one connection, and dead
-    peers (keepalive pings). Clients' own pings are accepted every 10 s at most."""
+    HTTP/2 handshake, too many connections, idle or very old connections (GOAWAY), too many streams on one
+    connection, and dead peers (keepalive pings). Clients' own pings are accepted every 10 s at most."""
     options = [
         ("grpc.server_handshake_timeout_ms", _ms(settings.http_header_timeout_s)),
         ("grpc.max_concurrent_streams", settings.grpc_max_concurrent_streams),
+        ("grpc.max_allowed_incoming_connections", settings.grpc_max_connections),
         ("grpc.keepalive_time_ms", _ms(settings.grpc_keepalive_s)),
         ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
         ("grpc.keepalive_permit_without_calls", 1),

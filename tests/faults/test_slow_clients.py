@@ -320,3 +320,37 @@ def test_grpc_idle_connection_gets_goaway_and_streams_are_capped(slow_server: Se
     }
     assert values.get(MAX_CONCURRENT_STREAMS) == GRPC_STREAMS
     assert any(kind == GOAWAY for kind, _, _ in seen), seen
+
+
+GRPC_CONNECTIONS = 3
+
+
+@pytest.fixture(scope="module")
+def capped_grpc_server(tiny_onnx: Path) -> Iterator[ServerProcess]:
+    env = {"DANET_GRPC_MAX_CONNECTIONS": str(GRPC_CONNECTIONS), "DANET_LOG_LEVEL": "WARNING"}
+    with server_process([tiny_onnx], env=env) as server:
+        yield server
+
+
+def server_settings_frame(sock: socket.socket) -> bool:
+    """Send the client preface and an empty SETTINGS; True when the server answers with its SETTINGS."""
+    sock.sendall(PREFACE + struct.pack(">I", 0)[1:] + bytes([SETTINGS, 0]) + struct.pack(">I", 0))
+    return any(kind == SETTINGS for kind, _, _ in frames(sock))  # stops at the first SETTINGS
+
+
+def test_grpc_connections_over_the_cap_are_closed(capped_grpc_server: ServerProcess) -> None:
+    """grpc_max_connections open HTTP/2 connections are served; one more is closed without a frame, and
+    when one of them goes, a new connection is served again."""
+    port = capped_grpc_server.grpc_port
+    held = [connect(port) for _ in range(GRPC_CONNECTIONS)]
+    try:
+        assert all(server_settings_frame(sock) for sock in held)
+        with connect(port) as extra:
+            assert not server_settings_frame(extra), "a connection over the cap was served"
+        held.pop().close()
+        time.sleep(0.5)  # the server notices the close
+        with connect(port) as again:
+            assert server_settings_frame(again)
+    finally:
+        for sock in held:
+            sock.close()
