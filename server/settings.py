@@ -141,7 +141,7 @@ class Settings(BaseSettings):
         description="Models with the CPU arena: no memory patterns, and after every run the arena gives "
         "back the regions it no longer uses (onnxruntime's memory.enable_memory_arena_shrinkage). With "
         "cpu_arena_max_model_mb=none this is the speed-first setting for large models: DANet-R50 1024x2048 "
-        "through danet-serve, 0.98-1.04x of a default session with a whole-server peak of 1880 MB (the "
+        "through danet-serve, 0.98-1.05x of a default session with a whole-server peak of 1841-1880 MB (the "
         "default memory policy: 1.05-1.12x, 1013 MB); between runs the arena is back at its loaded size "
         "(measured). Off: the arena keeps what it grew to.",
     )
