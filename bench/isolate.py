@@ -8,13 +8,39 @@ running the model by hand would see, and it keeps torch's memory out of the floo
 from __future__ import annotations
 
 import multiprocessing
+import os
 import resource
 import sys
+import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+
+
+def die_with_parent(parent: int, every_s: float = 1.0) -> None:
+    """Initializer of a spawned worker: exit once ``parent`` is gone (killed without shutting its pool
+    down: e.g. SIGTERM to danet-bench alone), instead of holding a loaded model for ever."""
+
+    def watch() -> None:
+        while True:
+            time.sleep(every_s)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="die-with-parent", daemon=True).start()
+
+
+def spawn_pool() -> ProcessPoolExecutor:
+    """One spawned worker process that exits when this process goes."""
+    return ProcessPoolExecutor(
+        max_workers=1,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=die_with_parent,
+        initargs=(os.getpid(),),
+    )
 
 
 def _peak_rss_bytes() -> int:
@@ -34,6 +60,5 @@ def _call_and_measure(fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[
 
 def run_isolated(fn: Callable[..., T], *args: Any, **kwargs: Any) -> tuple[T, int]:
     """``fn(*args, **kwargs)`` in a spawned process; returns its result and the child's peak RSS (bytes)."""
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+    with spawn_pool() as pool:
         return pool.submit(_call_and_measure, fn, args, kwargs).result()

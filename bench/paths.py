@@ -13,16 +13,15 @@ paths one call at a time.
 from __future__ import annotations
 
 import asyncio
-import multiprocessing
 import threading
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ProcessPoolExecutor
 from typing import Any, TypeVar
 
 import numpy as np
 
 from bench import worker
 from bench.clients import Segmenter, run_closed_loop
+from bench.isolate import spawn_pool
 
 T = TypeVar("T")
 
@@ -39,7 +38,7 @@ class WorkerPath:
     ) -> None:
         self.key = key
         self.precision = precision
-        self._pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+        self._pool = spawn_pool()
         try:
             self.provider = self._pool.submit(setup, *args, **kwargs).result()
         except BaseException:
