@@ -104,7 +104,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         elsewhere minus what the transport still buffers. The transport's buffer alone moves in steps of
         half the kernel's send buffer (megabytes), so a client reading steadily would look stalled."""
         sock = self.transport.get_extra_info("socket")
-        if sock is not None and hasattr(socket, "TCP_INFO"):
+        if sock is not None and sys.platform == "linux":  # the layout below is Linux's
             try:
                 info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_SIZE)
             except OSError:
