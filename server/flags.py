@@ -145,16 +145,15 @@ def add_settings_flags(
             group.add_argument(
                 flag,
                 choices=choices,
-                type=_none_or if optional else str,
+                type=_none_or if takes_none_word(info.annotation) else str,
                 help=_help(settings_cls, name, info, repeatable=False),
                 **common,
             )
         else:
-            text_like = kind in (str, SecretStr)
             group.add_argument(
                 flag,
                 metavar=_metavar(name, kind),
-                type=_none_or if optional and not text_like else str,
+                type=_none_or if takes_none_word(info.annotation) else str,
                 help=_help(settings_cls, name, info, repeatable=False),
                 **common,
             )

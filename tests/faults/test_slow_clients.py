@@ -69,17 +69,22 @@ def read_all(sock: socket.socket) -> bytes:
     return b"".join(chunks)
 
 
+def body_length(head: bytes) -> int:
+    """The Content-Length of a response head."""
+    return next(
+        int(line.split(b":", 1)[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    )
+
+
 def read_response(sock: socket.socket) -> bytes:
     """One whole response (head and Content-Length body), leaving the connection open."""
     data = b""
     while b"\r\n\r\n" not in data:
         data += sock.recv(65536)
     head, _, body = data.partition(b"\r\n\r\n")
-    length = next(
-        int(line.split(b":", 1)[1])
-        for line in head.split(b"\r\n")
-        if line.lower().startswith(b"content-length:")
-    )
+    length = body_length(head)
     while len(body) < length:
         body += sock.recv(65536)
     return head + b"\r\n\r\n" + body
@@ -183,14 +188,6 @@ def small_window(port: int) -> socket.socket:
     sock.settimeout(30)
     sock.connect(("127.0.0.1", port))
     return sock
-
-
-def body_length(head: bytes) -> int:
-    return next(
-        int(line.split(b":", 1)[1])
-        for line in head.split(b"\r\n")
-        if line.lower().startswith(b"content-length:")
-    )
 
 
 def test_a_client_that_never_reads_its_reply_is_cut_off(slow_server: ServerProcess) -> None:
