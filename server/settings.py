@@ -145,6 +145,15 @@ class Settings(BaseSettings):
         "default memory policy: 1.05-1.12x, 1013 MB); between runs the arena is back at its loaded size "
         "(measured). Off: the arena keeps what it grew to.",
     )
+    cpu_buffer_reuse: bool = Field(
+        False,
+        description="Models without the CPU arena: onnxruntime's allocation planner hands a freed tensor's "
+        "buffer to a later tensor of the same size (enable_mem_reuse), which holds the buffer through the "
+        "gap between the two. Off: every tensor is freed at its last use. DANet-R50 1024x2048 in-process, "
+        "measured: a 68-80 MB lower peak (the attention head held planned buffers while the 2048-channel "
+        "features were still live), the same speed at 512x512 and 1024x2048. Models with the arena always "
+        "reuse.",
+    )
     cpu_heap_reuse_max_pixels: int = Field(
         512 * 512,
         ge=0,

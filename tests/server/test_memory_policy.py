@@ -47,6 +47,16 @@ def test_small_models_keep_the_arena_large_ones_do_not() -> None:
     assert session_options(settings, 190_000_000).enable_cpu_mem_arena is False
 
 
+def test_without_the_arena_every_tensor_is_freed_at_its_last_use() -> None:
+    """cpu_buffer_reuse: the planner's buffer reuse stays on with the arena, off without it by default."""
+    settings = Settings()
+    assert settings.cpu_buffer_reuse is False
+    assert session_options(settings, 3_300_000).enable_mem_reuse is True
+    assert session_options(settings, 190_000_000).enable_mem_reuse is False
+    reusing = Settings(cpu_buffer_reuse=True)
+    assert session_options(reusing, 190_000_000).enable_mem_reuse is True
+
+
 def test_expert_switches() -> None:
     assert use_cpu_arena(Settings(cpu_arena_max_model_mb=None), 10**10)
     assert not use_cpu_arena(Settings(cpu_mem_arena=False), 1)
@@ -336,6 +346,8 @@ def test_a_model_without_the_arena_runs_under_the_heap_modes(tiny_onnx: Path) ->
         try:
             instance = engine.instance(None)
             assert instance.handle.cpu_arena is False
+            assert instance.handle.session.get_session_options().enable_mem_reuse is False
+            assert arena_engine.instance(None).handle.session.get_session_options().enable_mem_reuse is True
             assert arena_engine.instance(None).heap_reuse_max_pixels is None  # the arena owns its memory
             assert instance.heap_reuse_max_pixels == (32 * 32 if heap_modes_apply() else None)
             seen = []
