@@ -142,7 +142,7 @@ class Settings(BaseSettings):
         "back the regions it no longer uses (onnxruntime's memory.enable_memory_arena_shrinkage). With "
         "cpu_arena_max_model_mb=none this is the speed-first setting for large models: DANet-R50 1024x2048 "
         "through danet-serve, 0.98-1.05x of a default session with a whole-server peak of 1841-1880 MB (the "
-        "default memory policy: 1.05-1.12x, 1013 MB); between runs the arena is back at its loaded size "
+        "default memory policy: 1.05-1.19x over recent runs, 949 MB); between runs the arena is back at its loaded size "
         "(measured). Off: the arena keeps what it grew to.",
     )
     cpu_buffer_reuse: bool = Field(
@@ -151,8 +151,8 @@ class Settings(BaseSettings):
         "buffer to a later tensor of the same size (enable_mem_reuse), which holds the buffer through the "
         "gap between the two. Off: every tensor is freed at its last use. DANet-R50 1024x2048 in-process, "
         "measured: a 68-80 MB lower peak (the attention head held planned buffers while the 2048-channel "
-        "features were still live), the same speed at 512x512 and 1024x2048. Models with the arena always "
-        "reuse.",
+        "features were still live), the same speed at 512x512 and 1024x2048; the whole server over four "
+        "1024x2048 paths: 949 MB off, 1003 MB on. Models with the arena always reuse.",
     )
     cpu_heap_reuse_max_pixels: int = Field(
         512 * 512,
