@@ -33,10 +33,18 @@ $(VENV)/.tools: pyproject.toml | $(VENV)/.runtime
 samples: $(VENV)/.runtime
 	$(PY) -m samples.generate
 
-run: $(VENV)/.runtime
+# danet-serve's block cache (preloaded by the server, see server/allocator.py): built with the system's C
+# compiler; without one the server runs on plain glibc malloc.
+BLOCK_CACHE := server/native/libdanet_blockcache.so
+$(BLOCK_CACHE): server/native/danet_blockcache.c
+	@if command -v $(CC) >/dev/null 2>&1; then \
+		$(CC) -O2 -Wall -shared -fPIC -o $@ $< -lpthread -ldl; \
+	else echo "no C compiler ($(CC)): danet-serve runs without its block cache"; fi
+
+run: $(VENV)/.runtime $(BLOCK_CACHE)
 	$(BIN)/danet-serve $(ARGS)
 
-test: $(VENV)/.dev
+test: $(VENV)/.dev $(BLOCK_CACHE)
 	$(MAKE) --no-print-directory lint typecheck static pytest
 
 lint: $(VENV)/.dev

@@ -60,6 +60,9 @@ GLIBC_HUGE_PAGES = "glibc.malloc.hugetlb=1"
 #: Set in the environment of the re-executed process, so that it never re-executes again.
 REEXEC_MARKER = "DANET_ALLOCATOR_REEXEC"
 
+#: danet-serve's block cache (server/native/danet_blockcache.c, built by ``make``): preloaded with glibc.
+BLOCK_CACHE = Path(__file__).resolve().parent / "native" / "libdanet_blockcache.so"
+
 
 def allocator_env(name: str, settings: Settings, environ: Mapping[str, str]) -> dict[str, str]:
     """The allocator's options that danet-serve adds to the environment (what is already set stays)."""
@@ -116,6 +119,7 @@ def preload_plan(
     *,
     loaded: str | None,
     find: Callable[[str], Path | None] = find_library,
+    block_cache: Path = BLOCK_CACHE,
 ) -> PreloadPlan:
     """Decide how to re-execute (pure: no I/O beyond ``find``)."""
     if environ.get(REEXEC_MARKER):
@@ -128,6 +132,12 @@ def preload_plan(
     wanted = settings.cpu_allocator
     if wanted == "system":
         env = allocator_env("system", settings, environ)
+        if settings.cpu_block_cache and block_cache.is_file():
+            preload = " ".join(part for part in (str(block_cache), environ.get("LD_PRELOAD", "")) if part)
+            env = {"LD_PRELOAD": preload, **env}
+            return PreloadPlan(
+                "system", f"system malloc with the block cache from {block_cache}", _marked(env)
+            )
         return PreloadPlan("system", "system malloc", _marked(env))
     library = settings.cpu_allocator_path or find(wanted)
     if library is None:
@@ -165,7 +175,7 @@ def reexec_with_allocator(settings: Settings) -> PreloadPlan:
 def describe(environ: Mapping[str, str] | None = None) -> str:
     """One phrase for the start-up log: the allocator in use and its huge-page setting."""
     environ = os.environ if environ is None else environ
-    name = loaded_allocator() or "glibc malloc"
+    name = loaded_allocator() or ("glibc malloc + block cache" if block_cache_loaded() else "glibc malloc")
     if name == "mimalloc":
         huge = environ.get("MIMALLOC_LARGE_OS_PAGES") == "1"
     elif name == "jemalloc":
@@ -173,6 +183,40 @@ def describe(environ: Mapping[str, str] | None = None) -> str:
     else:
         huge = "glibc.malloc.hugetlb=1" in environ.get("GLIBC_TUNABLES", "")
     return f"{name}, {'transparent huge pages' if huge else '4 KiB pages'}"
+
+
+def block_cache_loaded(maps: str | None = None) -> bool:
+    """Whether danet-serve's block cache is mapped into this process (from ``/proc/self/maps``)."""
+    if maps is None:
+        try:
+            maps = Path("/proc/self/maps").read_text()
+        except OSError:
+            return False
+    return f"/{BLOCK_CACHE.name}" in maps
+
+
+def _block_cache() -> Any:
+    """The preloaded block cache's functions (None when it is not loaded)."""
+    if sys.platform != "linux":
+        return None
+    try:
+        lib = ctypes.CDLL(None)
+        lib.danet_block_cache_trim  # noqa: B018 - present only when the library is preloaded
+        lib.danet_block_cache_stats.argtypes = [ctypes.POINTER(ctypes.c_ulong)]
+        return lib
+    except (OSError, AttributeError):
+        return None
+
+
+def block_cache_stats(lib: Any = None) -> dict[str, int] | None:
+    """The block cache's counters (None when it is not loaded): fresh maps, reuses, kept blocks unmapped,
+    live and kept bytes, and the high-water mark of live bytes that bounds live + kept."""
+    lib = lib if lib is not None else _block_cache()
+    if lib is None:
+        return None
+    values = (ctypes.c_ulong * 6)()
+    lib.danet_block_cache_stats(values)
+    return dict(zip(("fresh", "reused", "unmapped", "live", "kept", "high_water"), values, strict=True))
 
 
 # --- glibc's thresholds per run (models without the CPU arena) -----------------------------------------
@@ -215,11 +259,12 @@ class HeapModes:
     peak on the same thread, 895 MB on its own, 892 MB without reuse; measured).
     """
 
-    def __init__(self, libc: Any = None) -> None:
+    def __init__(self, libc: Any = None, block_cache: Any = None) -> None:
         self._lock = threading.Lock()
         self._large = 0
         self._mode: tuple[int, int, int, int] | None = None
         self._libc = libc if libc is not None else _glibc()
+        self._block_cache = block_cache if block_cache is not None else _block_cache()
         self._large_runs: _LargeRuns | None = None
         self.trims = 0
 
@@ -269,6 +314,9 @@ class HeapModes:
             if large:
                 with self._lock:
                     self._large -= 1
+                    if self._large == 0 and self._block_cache is not None:
+                        # What the large run kept for itself goes back: between requests, what is live.
+                        self._block_cache.danet_block_cache_trim()
 
     def _hand_back(self) -> None:
         """What the small runs kept goes back to the system. ``malloc_trim(0)`` releases the free pages of
@@ -278,6 +326,8 @@ class HeapModes:
         here first, on the thread that ran the small runs, with the give-back parameters in force."""
         self._libc.free(self._libc.malloc(96 * 1024))
         self._libc.malloc_trim(0)
+        if self._block_cache is not None:
+            self._block_cache.danet_block_cache_trim()
         self.trims += 1
 
     def _set(self, mode: tuple[int, int, int, int]) -> None:

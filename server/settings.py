@@ -173,6 +173,16 @@ class Settings(BaseSettings):
         "mimalloc held 220 MB more after loading and peaked at 1129 MB instead of 896 MB at 1024x2048, "
         "measured. A library already in LD_PRELOAD is kept.",
     )
+    cpu_block_cache: bool = Field(
+        True,
+        description="With the system allocator: danet-serve preloads its block cache (server/native, built by "
+        "make with the system's C compiler; without the library this does nothing). Blocks of 4 MiB and more "
+        "are kept when freed for the next request of the same size, only while live + kept stays at most "
+        "the highest live total seen, so keeping them adds no peak memory; every large run gives them back "
+        "when it ends. Models without the CPU arena then stop faulting and zeroing their activations afresh on "
+        "every pass (DANet-R50 1024x2048 in-process: 2,500-3,300 page faults a pass instead of 297,000-300,000, "
+        "measured).",
+    )
     cpu_allocator_path: Path | None = Field(
         None, description="Library file for cpu_allocator mimalloc/jemalloc (default: found in the system)."
     )

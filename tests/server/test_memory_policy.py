@@ -18,6 +18,7 @@ import onnxruntime as ort
 import pytest
 
 from server.allocator import (
+    BLOCK_CACHE,
     HEAP,
     M_MMAP_MAX,
     M_MMAP_THRESHOLD,
@@ -124,6 +125,68 @@ def test_small_runs_reuse_the_heap_and_a_large_run_hands_it_back_first() -> None
         pass
     assert libc.calls == [("malloc", 96 << 10), ("free", 4096), ("trim", 0)]
     assert heap.trims == 3
+
+
+class FakeBlockCache:
+    def __init__(self) -> None:
+        self.trims = 0
+
+    def danet_block_cache_trim(self) -> None:
+        self.trims += 1
+
+
+def test_a_large_run_empties_the_block_cache_when_it_starts_and_when_it_ends() -> None:
+    cache = FakeBlockCache()
+    heap = HeapModes(FakeLibc(), cache)
+    with heap.run(512 * 512, 1024 * 1024):  # small runs keep their blocks
+        pass
+    assert cache.trims == 0
+    with heap.run(1024 * 2048, 1024 * 1024):
+        assert cache.trims == 1
+        with heap.run(1024 * 2048, 1024 * 1024):  # a second large run in flight: no trim under it
+            pass
+        assert cache.trims == 1
+    assert cache.trims == 2  # the last large run ended: what it kept goes back
+
+
+_BLOCK_CACHE_SCRIPT = """
+import numpy as np
+from server.allocator import _block_cache, block_cache_stats, describe
+lib = _block_cache()
+base = block_cache_stats()
+def step():
+    s = block_cache_stats()
+    d = {k: s[k] - base[k] for k in ("fresh", "reused", "unmapped")}
+    assert s["live"] + s["kept"] <= s["high_water"], s
+    return [d["fresh"], d["reused"], d["unmapped"], (s["kept"] - base["kept"]) // 4096]
+a = [np.ones(2_000_000) for _ in range(4)]  # four 16 MB blocks, mapped afresh
+del a
+print(step())
+b = [np.ones(2_000_000) for _ in range(4)]  # the same size again: the kept blocks, nothing mapped
+del b
+print(step())
+c = np.ones(3_000_000)  # a new size: kept blocks are unmapped until live + kept + 24 MB <= the high-water mark
+print(step())
+lib.danet_block_cache_trim()
+print(step())
+print(describe())
+"""
+
+
+@pytest.mark.skipif(not BLOCK_CACHE.is_file(), reason="the block cache is not built (make builds it with cc)")
+def test_the_block_cache_reuses_freed_blocks_without_passing_the_live_high_water_mark() -> None:
+    env = {**os.environ, "LD_PRELOAD": str(BLOCK_CACHE), "PYTHONPATH": str(Path.cwd())}
+    done = subprocess.run(
+        [sys.executable, "-c", _BLOCK_CACHE_SCRIPT], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.strip().splitlines()
+    pages = 3907  # 16,000,000 bytes in 4 KiB pages
+    assert lines[0] == str([4, 0, 0, 4 * pages])
+    assert lines[1] == str([4, 4, 0, 4 * pages])
+    assert lines[2] == str([5, 4, 2, 2 * pages])  # two of the four kept blocks given back first
+    assert lines[3] == str([5, 4, 4, 0])
+    assert lines[4].startswith("glibc malloc + block cache")
 
 
 def test_a_large_run_runs_on_its_own_thread_while_small_runs_reuse() -> None:
@@ -240,9 +303,26 @@ def _finder(*present: str) -> Callable[[str], Path | None]:
 
 
 def _plan(
-    settings: Settings, environ: dict[str, str] | None = None, loaded: str | None = None
+    settings: Settings,
+    environ: dict[str, str] | None = None,
+    loaded: str | None = None,
+    block_cache: Path = Path("/nonexistent/libdanet_blockcache.so"),
 ) -> PreloadPlan:
-    return preload_plan(settings, environ or {}, loaded=loaded, find=_finder("mimalloc", "jemalloc"))
+    return preload_plan(
+        settings, environ or {}, loaded=loaded, find=_finder("mimalloc", "jemalloc"), block_cache=block_cache
+    )
+
+
+def test_the_block_cache_is_preloaded_with_glibc_when_it_is_built(tmp_path: Path) -> None:
+    library = tmp_path / "libdanet_blockcache.so"
+    library.write_bytes(b"")
+    plan = _plan(Settings(), {"LD_PRELOAD": "/x/libother.so"}, block_cache=library)
+    assert plan.allocator == "system" and plan.env["LD_PRELOAD"] == f"{library} /x/libother.so"
+    assert plan.env["GLIBC_TUNABLES"] == HUGE
+    assert "LD_PRELOAD" not in _plan(Settings(cpu_block_cache=False), block_cache=library).env
+    mimalloc = _plan(Settings(cpu_allocator="mimalloc"), block_cache=library)
+    assert mimalloc.env["LD_PRELOAD"] == str(MIMALLOC)  # another allocator: no block cache under it
+    assert "LD_PRELOAD" not in _plan(Settings()).env  # not built: plain glibc
 
 
 def test_default_is_glibc_with_huge_pages_added_to_the_users_tunables() -> None:
@@ -317,8 +397,10 @@ def _reexec(settings: str) -> list[str]:
 
 @pytest.mark.skipif(sys.platform != "linux", reason="the allocator is set up on Linux only")
 def test_the_process_reexecutes_itself_on_huge_pages() -> None:
-    assert _reexec("") == ["glibc malloc, transparent huge pages"]
-    assert _reexec("cpu_allocator_huge_pages=False") == ["glibc malloc, 4 KiB pages"]
+    glibc = "glibc malloc + block cache" if BLOCK_CACHE.is_file() else "glibc malloc"
+    assert _reexec("") == [f"{glibc}, transparent huge pages"]
+    assert _reexec("cpu_allocator_huge_pages=False") == [f"{glibc}, 4 KiB pages"]
+    assert _reexec("cpu_block_cache=False") == ["glibc malloc, transparent huge pages"]
 
 
 @pytest.mark.skipif(find_library("mimalloc") is None, reason="mimalloc is not installed (libmimalloc2.0)")
