@@ -92,6 +92,11 @@ static void evict_one(void) {  // the oldest kept block
 static void *big_alloc(size_t n, int *fresh) {
   n = (n + 4095) & ~(size_t)4095;
   pthread_mutex_lock(&lock);
+  if (reg_n >= REG / 4 * 3) {  // declined: the caller asks glibc
+    pthread_mutex_unlock(&lock);
+    *fresh = -1;
+    return 0;
+  }
   for (int i = cache_n - 1; i >= 0; i--) {
     if (cache_size[i] == n) {
       void *p = cache_ptr[i];
@@ -103,11 +108,6 @@ static void *big_alloc(size_t n, int *fresh) {
       *fresh = 0;
       return p;
     }
-  }
-  if (reg_n >= REG / 4 * 3) {  // declined: the caller asks glibc
-    pthread_mutex_unlock(&lock);
-    *fresh = -1;
-    return 0;
   }
   if (live + n > hwm) hwm = live + n;
   while (cache_n && live + kept + n > hwm) evict_one();
@@ -194,6 +194,13 @@ void *realloc(void *p, size_t n) {
   memcpy(q, p, old < n ? old : n);
   free(p);
   return q;
+}
+
+// glibc's reallocarray calls its own realloc, which must never see a block of ours.
+void *reallocarray(void *p, size_t a, size_t b) {
+  size_t n;
+  if (__builtin_mul_overflow(a, b, &n)) { errno = ENOMEM; return 0; }
+  return realloc(p, n);
 }
 
 int posix_memalign(void **out, size_t align, size_t n) {
