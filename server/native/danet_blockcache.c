@@ -8,6 +8,7 @@
 // after pass). A block is mapped afresh only after kept blocks have been unmapped, oldest first, until
 // live + kept + the new block is at most the highest live total seen so far: the blocks this library holds
 // never exceed the process's own high-water mark of live large blocks, so keeping them adds no peak memory.
+// Our maps get transparent huge pages when glibc's do (GLIBC_TUNABLES=glibc.malloc.hugetlb=1).
 // Smaller blocks, and alignments over 4 KiB, go to glibc. danet_block_cache_trim() unmaps every kept block
 // (danet-serve calls it around each large run, so memory between requests is what is live).
 //
@@ -29,6 +30,7 @@ extern void *__libc_realloc(void *, size_t);
 extern void *__libc_memalign(size_t, size_t);
 
 static size_t bc_min = 4u << 20;
+static int huge_pages;  // madvise(MADV_HUGEPAGE) on our maps, as glibc does with glibc.malloc.hugetlb=1
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 #define REG 8192
 static void *reg_ptr[REG];
@@ -117,7 +119,7 @@ static void *big_alloc(size_t n, int *fresh) {
     *fresh = -1;
     return 0;
   }
-  madvise(p, n, MADV_HUGEPAGE);
+  if (huge_pages) madvise(p, n, MADV_HUGEPAGE);
   live += n; bc_fresh++;
   reg_put(p, n);
   pthread_mutex_unlock(&lock);
@@ -240,5 +242,7 @@ static void after_fork(void) { pthread_mutex_unlock(&lock); }
 __attribute__((constructor)) static void init(void) {
   const char *s = getenv("DANET_BLOCK_CACHE_MIN_MB");
   if (s && atof(s) > 0) bc_min = (size_t)(atof(s) * 1048576.0);
+  const char *tunables = getenv("GLIBC_TUNABLES");  // danet-serve's cpu_allocator_huge_pages sets it
+  huge_pages = tunables && strstr(tunables, "glibc.malloc.hugetlb=1") != 0;
   pthread_atfork(before_fork, after_fork, after_fork);
 }
