@@ -89,13 +89,17 @@ def find_library(name: str, dirs: Sequence[str] = LIBRARY_DIRS) -> Path | None:
     return None
 
 
+def _memory_map() -> str:
+    """This process's ``/proc/self/maps`` (empty where there is none)."""
+    try:
+        return Path("/proc/self/maps").read_text()
+    except OSError:
+        return ""
+
+
 def loaded_allocator(maps: str | None = None) -> str | None:
     """Which preloadable allocator is mapped into this process (from ``/proc/self/maps``), or None."""
-    if maps is None:
-        try:
-            maps = Path("/proc/self/maps").read_text()
-        except OSError:
-            return None
+    maps = _memory_map() if maps is None else maps
     for name, files in LIBRARIES.items():
         if any(f"/{filename}" in maps for filename in files):
             return name
@@ -133,8 +137,7 @@ def preload_plan(
     if wanted == "system":
         env = allocator_env("system", settings, environ)
         if settings.cpu_block_cache and block_cache.is_file():
-            preload = " ".join(part for part in (str(block_cache), environ.get("LD_PRELOAD", "")) if part)
-            env = {"LD_PRELOAD": preload, **env}
+            env = {"LD_PRELOAD": _preload(block_cache, environ), **env}
             return PreloadPlan(
                 "system", f"system malloc with the block cache from {block_cache}", _marked(env)
             )
@@ -144,9 +147,13 @@ def preload_plan(
         env = allocator_env("system", settings, environ)
         package = "libmimalloc2.0 or libmimalloc3" if wanted == "mimalloc" else "libjemalloc2"
         return PreloadPlan("system", f"{wanted} is not installed (apt-get install {package})", _marked(env))
-    preload = " ".join(part for part in (str(library), environ.get("LD_PRELOAD", "")) if part)
-    env = {"LD_PRELOAD": preload, **allocator_env(wanted, settings, environ)}
+    env = {"LD_PRELOAD": _preload(library, environ), **allocator_env(wanted, settings, environ)}
     return PreloadPlan(wanted, f"{wanted} from {library}", _marked(env), Path(library))
+
+
+def _preload(library: Path, environ: Mapping[str, str]) -> str:
+    """``LD_PRELOAD`` with ``library`` first and what the environment already preloads kept after it."""
+    return " ".join(part for part in (str(library), environ.get("LD_PRELOAD", "")) if part)
 
 
 def _marked(env: dict[str, str]) -> dict[str, str]:
@@ -187,11 +194,7 @@ def describe(environ: Mapping[str, str] | None = None) -> str:
 
 def block_cache_loaded(maps: str | None = None) -> bool:
     """Whether danet-serve's block cache is mapped into this process (from ``/proc/self/maps``)."""
-    if maps is None:
-        try:
-            maps = Path("/proc/self/maps").read_text()
-        except OSError:
-            return False
+    maps = _memory_map() if maps is None else maps
     return f"/{BLOCK_CACHE.name}" in maps
 
 

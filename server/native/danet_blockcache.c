@@ -83,12 +83,27 @@ static size_t reg_find(void *p) {
   return 0;
 }
 
+static void *cache_remove(int i) {  // kept block i leaves the cache (the caller holds the lock)
+  void *p = cache_ptr[i];
+  kept -= cache_size[i];
+  memmove(cache_ptr + i, cache_ptr + i + 1, (cache_n - i - 1) * sizeof(void *));
+  memmove(cache_size + i, cache_size + i + 1, (cache_n - i - 1) * sizeof(size_t));
+  cache_n--;
+  return p;
+}
+
 static void evict_one(void) {  // the oldest kept block
-  munmap(cache_ptr[0], cache_size[0]);
-  kept -= cache_size[0];
-  memmove(cache_ptr, cache_ptr + 1, (cache_n - 1) * sizeof(void *));
-  memmove(cache_size, cache_size + 1, (cache_n - 1) * sizeof(size_t));
-  cache_n--; bc_evicted++;
+  size_t n = cache_size[0];
+  munmap(cache_remove(0), n);
+  bc_evicted++;
+}
+
+static size_t our_size(void *p) {  // the size of a block of ours, 0 for anyone else's
+  if (((uintptr_t)p & 4095) != 0) return 0;
+  pthread_mutex_lock(&lock);
+  size_t n = reg_find(p);
+  pthread_mutex_unlock(&lock);
+  return n;
 }
 
 static void *big_alloc(size_t n, int *fresh) {
@@ -101,10 +116,8 @@ static void *big_alloc(size_t n, int *fresh) {
   }
   for (int i = cache_n - 1; i >= 0; i--) {
     if (cache_size[i] == n) {
-      void *p = cache_ptr[i];
-      memmove(cache_ptr + i, cache_ptr + i + 1, (cache_n - i - 1) * sizeof(void *));
-      memmove(cache_size + i, cache_size + i + 1, (cache_n - i - 1) * sizeof(size_t));
-      cache_n--; kept -= n; live += n; bc_reused++;
+      void *p = cache_remove(i);
+      live += n; bc_reused++;
       reg_put(p, n);
       pthread_mutex_unlock(&lock);
       *fresh = 0;
@@ -180,8 +193,7 @@ void *calloc(size_t a, size_t b) {
 
 void *realloc(void *p, size_t n) {
   if (!p) return malloc(n);
-  size_t old = 0;
-  if (((uintptr_t)p & 4095) == 0) { pthread_mutex_lock(&lock); old = reg_find(p); pthread_mutex_unlock(&lock); }
+  size_t old = our_size(p);
   if (!old) {
     if (n < bc_min) return __libc_realloc(p, n);
     size_t usable = malloc_usable_size(p);  /* glibc's, p is not ours */
@@ -227,12 +239,8 @@ void *memalign(size_t align, size_t n) { return aligned_alloc(align, n); }
 size_t malloc_usable_size(void *p) {
   static size_t (*real)(void *);
   if (!real) real = (size_t (*)(void *))dlsym(RTLD_NEXT, "malloc_usable_size");
-  if (p && ((uintptr_t)p & 4095) == 0) {
-    pthread_mutex_lock(&lock);
-    size_t n = reg_find(p);
-    pthread_mutex_unlock(&lock);
-    if (n) return n;
-  }
+  size_t n = p ? our_size(p) : 0;
+  if (n) return n;
   return real ? real(p) : 0;
 }
 
