@@ -4,7 +4,8 @@
 #           from PyPI wheels
 #   export  one-shot `danet-export` with torch (CPU build); never used for serving
 # The runtime images hold the danet-serve wheel (embedded default model included as package data), its
-# runtime dependencies and nothing else: no torch, no compiler, no build tools. Configuration is by
+# runtime dependencies and danet-serve's block cache (built in the native stage), and nothing else: no
+# torch, no compiler, no build tools. Configuration is by
 # DANET_* environment variables (server/settings.py); the entry point is exec-form so SIGTERM reaches
 # the server, which then stops accepting, drains and exits.
 # No `# syntax=` line: the builder's own Dockerfile frontend (BuildKit, Docker >= 20.10) has everything used
@@ -43,6 +44,21 @@ RUN --mount=type=bind,target=/src,rw \
         > /wheels/requirements-export.txt
 
 # ---------------------------------------------------------------------------------------------------
+# native: danet-serve's block cache (server/native/danet_blockcache.c; server/allocator.py preloads it),
+# compiled here with Debian's gcc so the runtime images get the library and no compiler. Rebuilt only when
+# server/native changes. The library links only glibc, so it runs on any base whose glibc is at least this
+# base's (check_image.py loads it in each runtime image).
+FROM ${PYTHON_IMAGE} AS native
+# DL3008: gcc and libc6-dev are whatever the base's Debian release ships; this stage's only output is
+# the library, whose one dependency is that release's glibc.
+# hadolint ignore=DL3008
+RUN --mount=type=bind,source=server/native,target=/src \
+    apt-get update \
+    && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && mkdir /native \
+    && CC=gcc sh /src/build.sh /native/libdanet_blockcache.so
+
+# ---------------------------------------------------------------------------------------------------
 # gpu: the cpu image's Python base + onnxruntime-gpu with NVIDIA's CUDA 13, cuDNN 9 and cuBLAS wheels from
 # PyPI (runtime_requirements.py); no vendor CUDA base image. The host provides only the driver
 # (libcuda.so.1, mounted by the NVIDIA Container Toolkit); every other library the CUDA provider links is
@@ -76,8 +92,11 @@ RUN --mount=type=bind,from=builder,source=/wheels/requirements-gpu.txt,target=/t
         > /etc/ld.so.conf.d/danet-nvidia-wheels.conf \
     && ldconfig
 RUN --mount=type=bind,from=builder,source=/wheels,target=/tmp/wheels \
+    --mount=type=bind,from=native,source=/native,target=/tmp/native \
     --mount=type=bind,source=deploy/docker/check_image.py,target=/tmp/check_image.py \
     pip install --no-deps /tmp/wheels/danet_serve-*.whl \
+    && install -D -m 0644 /tmp/native/libdanet_blockcache.so \
+        "$(python -c 'from server.allocator import BLOCK_CACHE; print(BLOCK_CACHE)')" \
     && python /tmp/check_image.py --flavour gpu
 ENV DANET_HOST=0.0.0.0 \
     DANET_HTTP_PORT=8000 \
@@ -142,8 +161,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 COPY deploy/docker/healthcheck.py /usr/local/bin/danet-healthcheck
 # One layer: user, folders, dependencies, the wheel, and the build-time gate (check_image.py fails the
-# build when torch or a compiler got in, or the default model or CPU provider is missing).
+# build when torch or a compiler got in, or the default model, the block cache or CPU provider is missing).
 RUN --mount=type=bind,from=builder,source=/wheels,target=/tmp/wheels \
+    --mount=type=bind,from=native,source=/native,target=/tmp/native \
     --mount=type=secret,id=pip_conf,target=/etc/pip.conf \
     --mount=type=bind,source=deploy/docker/check_image.py,target=/tmp/check_image.py \
     groupadd --system --gid 10001 danet \
@@ -153,6 +173,8 @@ RUN --mount=type=bind,from=builder,source=/wheels,target=/tmp/wheels \
     && chown danet:danet /models /var/cache/danet-serve/tensorrt \
     && pip install -r /tmp/wheels/requirements-cpu.txt \
     && pip install --no-deps /tmp/wheels/danet_serve-*.whl \
+    && install -D -m 0644 /tmp/native/libdanet_blockcache.so \
+        "$(python -c 'from server.allocator import BLOCK_CACHE; print(BLOCK_CACHE)')" \
     && python /tmp/check_image.py --flavour cpu
 # Only the CPU build of onnxruntime is installed: asking for GPU providers would only log a fallback.
 ENV DANET_HOST=0.0.0.0 \

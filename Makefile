@@ -36,9 +36,8 @@ samples: $(VENV)/.runtime
 # danet-serve's block cache (preloaded by the server, see server/allocator.py): built with the system's C
 # compiler; without one the server runs on plain glibc malloc.
 BLOCK_CACHE := server/native/libdanet_blockcache.so
-$(BLOCK_CACHE): server/native/danet_blockcache.c
-	@if command -v $(CC) >/dev/null 2>&1; then \
-		$(CC) -O2 -Wall -shared -fPIC -o $@ $< -lpthread -ldl; \
+$(BLOCK_CACHE): server/native/danet_blockcache.c server/native/build.sh
+	@if command -v $(CC) >/dev/null 2>&1; then CC=$(CC) sh server/native/build.sh $@; \
 	else echo "no C compiler ($(CC)): danet-serve runs without its block cache"; fi
 
 run: $(VENV)/.runtime $(BLOCK_CACHE)

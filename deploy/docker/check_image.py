@@ -5,6 +5,8 @@ Checked inside the freshly installed image (see the Dockerfile):
 - the embedded default model is installed as package data;
 - the serving path imports, and neither torch nor a C compiler is present;
 - exactly the flavour's onnxruntime build is installed and offers its execution provider;
+- danet-serve's block cache is installed where the server looks for it, its default settings preload it,
+  and preloaded it loads and keeps a freed 16 MiB block;
 - gpu: every library the CUDA provider (and cuDNN, which it loads at run time; TensorRT's provider when
   its libraries are installed) links resolves in the image, except the driver's ``libcuda.so.1``, which
   the NVIDIA Container Toolkit mounts from the host. ``--libraries`` prints what ldd resolved.
@@ -16,6 +18,7 @@ import argparse
 import importlib
 import importlib.util
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -65,6 +68,7 @@ def problems(flavour: str) -> list[str]:
         found.append(
             f"expected only {ONNXRUNTIME_DISTRIBUTION[flavour]} among onnxruntime builds, found {sorted(installed)}"
         )
+    found += block_cache_problems()
     ort = importlib.import_module("onnxruntime")
     available = ort.get_available_providers()
     if REQUIRED_PROVIDER[flavour] not in available:
@@ -85,6 +89,44 @@ def problems(flavour: str) -> list[str]:
                     else f"{library} links {name}, which is not found (missing wheel or ld.so.conf.d entry)"
                 )
     return found
+
+
+#: Run with the block cache preloaded: it must be mapped and keep a freed 16 MiB block for reuse.
+_BLOCK_CACHE_PROBE = """
+import ctypes, json
+from server import allocator
+libc = ctypes.CDLL(None)
+libc.malloc.restype = ctypes.c_void_p
+libc.free(ctypes.c_void_p(libc.malloc(16 << 20)))
+print(json.dumps({"loaded": allocator.block_cache_loaded(), "stats": allocator.block_cache_stats()}))
+"""
+
+
+def block_cache_problems() -> list[str]:
+    """The block cache: installed, in the default preload plan, and working when preloaded."""
+    allocator = importlib.import_module("server.allocator")
+    settings = importlib.import_module("server.settings").Settings()
+    library = allocator.BLOCK_CACHE
+    if not library.is_file():
+        return [f"block cache missing: {library} (the native stage's library was not installed)"]
+    plan = allocator.preload_plan(settings, {}, loaded=None, block_cache=library)
+    if str(library) not in plan.env.get("LD_PRELOAD", ""):
+        return [f"the default settings do not preload the block cache ({plan.reason})"]
+    proc = subprocess.run(
+        [sys.executable, "-c", _BLOCK_CACHE_PROBE],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "LD_PRELOAD": str(library)},
+    )
+    try:
+        probe = json.loads(proc.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        return [f"block cache probe exited {proc.returncode}: {proc.stderr.strip()[-300:]}"]
+    stats = probe["stats"] or {}
+    if not probe["loaded"] or stats.get("kept") != 16 << 20:
+        return [f"block cache preloaded but not working: {probe} {proc.stderr.strip()[-300:]}"]
+    return []
 
 
 def gpu_libraries() -> dict[str, dict[str, str | None]]:

@@ -12,7 +12,7 @@
 // Smaller blocks, and alignments over 4 KiB, go to glibc. danet_block_cache_trim() unmaps every kept block
 // (danet-serve calls it around each large run, so memory between requests is what is live).
 //
-// Build: cc -O2 -shared -fPIC -o libdanet_blockcache.so danet_blockcache.c -lpthread -ldl (make does it).
+// Build: build.sh beside this file (make and the Dockerfile's native stage call it).
 #define _GNU_SOURCE
 #include <errno.h>
 #include <pthread.h>

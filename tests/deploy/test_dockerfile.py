@@ -57,11 +57,12 @@ def test_every_hadolint_ignore_is_justified() -> None:
 
 
 def test_stages(dockerfile_stages: dict[str, sc.Stage]) -> None:
-    assert set(dockerfile_stages) == {"builder", "cpu", "gpu", "gpu-report", "export"}
+    assert set(dockerfile_stages) == {"builder", "native", "cpu", "gpu", "gpu-report", "export"}
     # `docker build .` builds the last stage: the CPU server.
     assert list(dockerfile_stages)[-1] == "cpu"
     assert dockerfile_stages["cpu"].base.startswith("python:3.11-slim")
     assert dockerfile_stages["builder"].base == dockerfile_stages["cpu"].base
+    assert dockerfile_stages["native"].base == dockerfile_stages["cpu"].base  # its glibc is the image's
     # The gpu image needs no vendor CUDA base: the CUDA libraries come from PyPI wheels. CUDA_IMAGE (the
     # contract's build argument) defaults to the same Python base.
     assert dockerfile_stages["gpu"].base == dockerfile_stages["cpu"].base
@@ -174,10 +175,20 @@ def test_runtime_installs_the_wheel_without_torch_or_toolchain(
     assert f"requirements-{target}.txt" in runs
     assert "--no-deps /tmp/wheels/danet_serve-" in runs
     assert f"check_image.py --flavour {target}" in runs  # the build fails when torch or a compiler is there
+    assert "from=native,source=/native" in runs and "/tmp/native/libdanet_blockcache.so" in runs
     for forbidden in ("torch", "build-essential", "gcc", "g++", "python3-dev", "curl"):
         assert not re.search(rf"(?<![\w-]){re.escape(forbidden)}(?![\w-])", runs), (
             f"{target} installs {forbidden}"
         )
+
+
+def test_native_stage_compiles_the_block_cache_the_way_make_does(
+    dockerfile_stages: dict[str, sc.Stage],
+) -> None:
+    runs = " ".join(inst.args for inst in dockerfile_stages["native"].all("RUN"))
+    assert "source=server/native" in runs and "sh /src/build.sh /native/libdanet_blockcache.so" in runs
+    assert "server/native/build.sh" in (sc.REPO_ROOT / "Makefile").read_text()
+    assert "**/*.so" in (sc.REPO_ROOT / ".dockerignore").read_text().splitlines()  # never the host's build
 
 
 def test_export_target_is_separate_and_runs_danet_export(

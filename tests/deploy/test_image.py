@@ -116,6 +116,12 @@ def test_compose_service_is_healthy_non_root_and_read_only(project: Project) -> 
     assert "GPU FALLBACK" not in project.compose.logs()
 
 
+def test_server_runs_with_the_block_cache_preloaded(project: Project) -> None:
+    # PID 1 is danet-serve after it re-executed itself with the library the native stage built.
+    maps = de.docker("exec", project.compose.container(), "cat", "/proc/1/maps").stdout
+    assert "/libdanet_blockcache.so" in maps
+
+
 def test_segment_returns_a_colour_png_of_the_input_size(project: Project) -> None:
     response = httpx.post(
         f"{project.http}/segment", files={"image": ("scene.png", encode(IMAGE), "image/png")}, timeout=60

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import http.server
+import importlib
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -171,6 +173,35 @@ def test_image_gate_rejects_this_development_environment() -> None:
     assert any(line.startswith("torch is installed") for line in problems)
     model_missing = any("default model missing" in line for line in problems)
     assert model_missing == (not DEFAULT_ONNX.is_file())
+
+
+def _block_cache_at(directory: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Point the gate at ``directory``/libdanet_blockcache.so (the name the probe looks for in its maps)."""
+    allocator = importlib.import_module("server.allocator")
+    library = directory / allocator.BLOCK_CACHE.name
+    monkeypatch.setattr(allocator, "BLOCK_CACHE", library)
+    monkeypatch.delenv("DANET_CPU_BLOCK_CACHE", raising=False)
+    return library
+
+
+def test_block_cache_gate_passes_a_built_library(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    if shutil.which(os.environ.get("CC", "cc")) is None:
+        pytest.skip("no C compiler to build the block cache with")
+    library = _block_cache_at(tmp_path, monkeypatch)
+    subprocess.run(["sh", sc.REPO_ROOT / "server" / "native" / "build.sh", library], check=True)
+    assert check_image.block_cache_problems() == []
+
+
+def test_block_cache_gate_names_what_is_wrong(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    library = _block_cache_at(tmp_path, monkeypatch)
+    (missing,) = check_image.block_cache_problems()
+    assert missing.startswith(f"block cache missing: {library}")
+    library.write_bytes(b"")  # not a shared library: the loader refuses to preload it
+    (broken,) = check_image.block_cache_problems()
+    assert broken.startswith("block cache preloaded but not working") and "cannot be preloaded" in broken
+    monkeypatch.setenv("DANET_CPU_BLOCK_CACHE", "false")
+    (off,) = check_image.block_cache_problems()
+    assert off.startswith("the default settings do not preload the block cache")
 
 
 def test_gpu_gate_lets_only_the_driver_be_missing(monkeypatch: pytest.MonkeyPatch) -> None:
