@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import random
 import sys
 import time
 from collections.abc import Sequence
@@ -117,6 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--seed", type=int, default=0, help="random weights (r50) and input image seed")
     how = parser.add_argument_group("how")
     how.add_argument("--iterations", type=int, default=10, help="timed sequential calls per path and size")
+    how.add_argument(
+        "--order-seed",
+        type=int,
+        help="seed of each round's shuffled path order (default: drawn per run and written to the JSON, "
+        "so runs do not all put every path in the same slots; pass it to repeat a run's order)",
+    )
     how.add_argument("--warmup", type=int, default=2, help="untimed calls before timing")
     how.add_argument("--concurrency", type=_ints, default=[1, 4, 16], help="throughput concurrency levels")
     how.add_argument(
@@ -240,6 +247,9 @@ def plan_from(args: argparse.Namespace) -> Plan:
         http=not (args.skip_http or args.skip_server),
         grpc=not (args.skip_grpc or args.skip_server),
         seed=args.seed,
+        order_seed=args.order_seed
+        if args.order_seed is not None
+        else random.SystemRandom().randrange(1 << 31),
         server_env=_env_pairs(args.server_env),
         settle_s=max(0.0, args.settle_ms / 1000.0),
         images=args.images,

@@ -65,6 +65,8 @@ class Plan:
     http: bool = True
     grpc: bool = True
     seed: int = 0
+    #: Seeds each round's shuffled path order (danet-bench draws one per run unless ``--order-seed``).
+    order_seed: int = 0
     #: Idle time before every timed call or burst. onnxruntime's and OpenMP's worker threads spin for a
     #: while after a run; measured here, a call started right after another process's call was 30-40%
     #: slower than one started 100 ms later.
@@ -102,6 +104,7 @@ class Plan:
             "http_format": self.http_format,
             "http_upload": self.http_upload,
             "schedule": "interleaved",
+            "order_seed": self.order_seed,
             "settle_ms": round(self.settle_s * 1000),
             "server_env": self.server_env,
             "images": self.images,
@@ -146,7 +149,9 @@ class _Collector:
 
 def _order(paths: Sequence[MeasuredPath], round_index: int, seed: int) -> list[MeasuredPath]:
     """The paths in this round's order: a seeded shuffle, so no path always follows the same other one
-    (a path's threads may still be spinning when the next one starts; see ``Plan.settle_s``)."""
+    (a path's threads may still be spinning when the next one starts; see ``Plan.settle_s``), and, with
+    ``Plan.order_seed`` drawn per run, no path sits in the same slots run after run (the machine's speed
+    drifts over minutes, which a few calls a path carry into their p50)."""
     order = list(paths)
     random.Random(seed * 100_003 + round_index).shuffle(order)
     return order
@@ -282,17 +287,17 @@ def _schedule(
             live.remove(path)
 
     for i in range(plan.warmup):
-        for path in _order(live, i, plan.seed):
+        for path in _order(live, i, plan.order_seed):
             step(path, "warm-up", path.call)
     for i in range(plan.iterations):
-        for path in _order(live, i, plan.seed):
+        for path in _order(live, i, plan.order_seed):
             step(path, "timing", lambda p=path: collected.durations.setdefault(p.key, []).append(p.call()))
     if after_sequential is not None:
         after_sequential(live)
     for c in plan.levels(size):
         logger.info("%s throughput at concurrency %d", label, c)
         for i in range(plan.rounds):
-            for path in _order(live, i, plan.seed):
+            for path in _order(live, i, plan.order_seed):
                 step(
                     path,
                     f"concurrency {c}",

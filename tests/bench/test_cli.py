@@ -17,6 +17,16 @@ def test_parser_defaults_match_the_issue() -> None:
     assert args.arch == "default"
 
 
+def test_each_run_draws_its_own_path_order_unless_told() -> None:
+    from bench.cli import plan_from
+
+    drawn = {plan_from(build_parser().parse_args([])).order_seed for _ in range(4)}
+    assert len(drawn) > 1  # four draws from 2**31 seeds
+    plan = plan_from(build_parser().parse_args(["--order-seed", "7"]))
+    assert plan.order_seed == 7 and plan.to_dict()["order_seed"] == 7
+    assert plan.seed == 0  # the weights and the image stay the same across runs
+
+
 def test_parser_rejects_bad_sizes() -> None:
     with pytest.raises(SystemExit):
         build_parser().parse_args(["--sizes", "512xabc"])
