@@ -91,7 +91,7 @@ def problems(flavour: str) -> list[str]:
     return found
 
 
-#: Run with the block cache preloaded: it must be mapped and keep a freed 16 MiB block for reuse.
+#: Run under the default preload plan's environment: the block cache must be mapped and keep a freed 16 MiB block for reuse.
 _BLOCK_CACHE_PROBE = """
 import ctypes, json
 from server import allocator
@@ -117,7 +117,7 @@ def block_cache_problems() -> list[str]:
         capture_output=True,
         text=True,
         check=False,
-        env={**os.environ, "LD_PRELOAD": str(library)},
+        env={**os.environ, **plan.env},  # what danet-serve re-executes itself with
     )
     try:
         probe = json.loads(proc.stdout.strip().splitlines()[-1])

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.cli import build_parser, main
+from bench.cli import build_parser, main, plan_from
 
 
 def test_parser_defaults_match_the_issue() -> None:
@@ -18,8 +18,6 @@ def test_parser_defaults_match_the_issue() -> None:
 
 
 def test_each_run_draws_its_own_path_order_unless_told() -> None:
-    from bench.cli import plan_from
-
     drawn = {plan_from(build_parser().parse_args([])).order_seed for _ in range(4)}
     assert len(drawn) > 1  # four draws from 2**31 seeds
     plan = plan_from(build_parser().parse_args(["--order-seed", "7"]))
