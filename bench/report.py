@@ -64,6 +64,9 @@ class Row:
     ratio_throughput: dict[int, float] = field(default_factory=dict)  # throughput[c] / best floor throughput
     image: str = "scene"  # the test image: "scene" (photo-like street scene) or "noise"
     ratio_paired: float | None = None  # median over rounds of (this call / the floor's call in that round)
+    # every timed call ({"round", "slot", "ms"}) and burst ({"concurrency", "round", "slot", "calls", "ms"}),
+    # in the order they ran: the slot is the path's place in that round's drawn order
+    samples: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
     @property
     def label(self) -> str:
@@ -87,6 +90,7 @@ class Row:
             "note": self.note,
             "image": self.image,
             "ratio_paired_median": self.ratio_paired,
+            "samples": self.samples,
         }
 
 

@@ -145,6 +145,30 @@ class _Collector:
         self.bursts: dict[str, dict[int, list[tuple[int, float]]]] = {}
         self.errors: dict[str, str] = {}
         self.peaks: dict[str, int | None] = {}  # peak RSS after the one-at-a-time calls
+        self.samples: dict[str, dict[str, list[dict[str, Any]]]] = {}  # every timed call and burst, in order
+
+    def call(self, key: str, round_index: int, slot: int, seconds: float) -> None:
+        """One timed call: its duration, and where it sat (round, and slot in that round's order)."""
+        self.durations.setdefault(key, []).append(seconds)
+        self._log(key, "calls", {"round": round_index, "slot": slot, "ms": seconds * 1000.0})
+
+    def burst(
+        self, key: str, concurrency: int, round_index: int, slot: int, result: tuple[int, float]
+    ) -> None:
+        """One burst at ``concurrency``: calls that succeeded and its wall time."""
+        self.bursts.setdefault(key, {}).setdefault(concurrency, []).append(result)
+        calls, wall = result
+        record = {
+            "concurrency": concurrency,
+            "round": round_index,
+            "slot": slot,
+            "calls": calls,
+            "ms": wall * 1000.0,
+        }
+        self._log(key, "bursts", record)
+
+    def _log(self, key: str, kind: str, record: dict[str, Any]) -> None:
+        self.samples.setdefault(key, {"calls": [], "bursts": []})[kind].append(record)
 
 
 def _order(paths: Sequence[MeasuredPath], round_index: int, seed: int) -> list[MeasuredPath]:
@@ -290,20 +314,18 @@ def _schedule(
         for path in _order(live, i, plan.order_seed):
             step(path, "warm-up", path.call)
     for i in range(plan.iterations):
-        for path in _order(live, i, plan.order_seed):
-            step(path, "timing", lambda p=path: collected.durations.setdefault(p.key, []).append(p.call()))
+        for slot, path in enumerate(_order(live, i, plan.order_seed)):
+            step(path, "timing", lambda p=path, i=i, s=slot: collected.call(p.key, i, s, p.call()))
     if after_sequential is not None:
         after_sequential(live)
     for c in plan.levels(size):
         logger.info("%s throughput at concurrency %d", label, c)
         for i in range(plan.rounds):
-            for path in _order(live, i, plan.order_seed):
+            for slot, path in enumerate(_order(live, i, plan.order_seed)):
                 step(
                     path,
                     f"concurrency {c}",
-                    lambda p=path, c=c: (
-                        collected.bursts.setdefault(p.key, {}).setdefault(c, []).append(p.burst(c))
-                    ),
+                    lambda p=path, c=c, i=i, s=slot: collected.burst(p.key, c, i, s, p.burst(c)),
                 )
 
 
@@ -375,6 +397,7 @@ def measure_size(
                 image=kind,
             )
             row.peak_rss_bytes = collected.peaks.get(path.key)
+            row.samples = collected.samples.get(path.key, {})
             row.ratio_paired = report.paired_ratio(durations, collected.durations.get(report.FLOOR, []))
             if path.key.startswith(report.PEER_PREFIX):
                 pass

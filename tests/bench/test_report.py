@@ -107,6 +107,7 @@ def test_unmeasured_targets_are_not_applicable_with_the_reason() -> None:
 
 def test_markdown_and_json_show_everything(tmp_path: Path) -> None:
     rows = _rows()
+    rows[1].samples = {"calls": [{"round": 0, "slot": 2, "ms": 108.0}], "bursts": []}
     report.compute_ratios(rows)
     targets = report.evaluate_targets(rows)
     text = report.markdown(
@@ -122,6 +123,7 @@ def test_markdown_and_json_show_everything(tmp_path: Path) -> None:
     assert len(document["results"]) == len(rows)
     assert {t["status"] for t in document["targets"]} >= {"PASS", "MISS"}
     assert document["results"][1]["ratio_p50_to_floor"] == pytest.approx(1.08)
+    assert document["results"][1]["samples"]["calls"] == [{"round": 0, "slot": 2, "ms": 108.0}]
 
 
 def test_overhead_targets_per_test_image() -> None:

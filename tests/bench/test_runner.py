@@ -65,6 +65,28 @@ def test_every_round_calls_every_path_once_in_varying_order() -> None:
     assert not collected.errors
 
 
+def test_every_timed_call_and_burst_is_kept_with_its_round_and_slot() -> None:
+    log: list[str] = []
+    paths = [FakePath(k, log) for k in ("a", "b", "c")]
+    collected = _Collector()
+    _schedule(paths, _plan(iterations=4, warmup=1), (8, 8), collected, "test")  # type: ignore[arg-type]
+    timed = [k for k in log if "x" not in k][3:]  # after the warm-up round
+    for key in ("a", "b", "c"):
+        calls = collected.samples[key]["calls"]
+        assert [c["round"] for c in calls] == [0, 1, 2, 3]
+        assert [timed[3 * c["round"] + c["slot"]] for c in calls] == [key] * 4  # the slot it really ran in
+        assert [c["ms"] for c in calls] == [1000.0 * d for d in collected.durations[key]]
+        bursts = collected.samples[key]["bursts"]
+        assert [(b["concurrency"], b["round"], b["calls"], b["ms"]) for b in bursts] == [
+            (4, 0, 4, 500.0),
+            (4, 1, 4, 500.0),
+        ]
+    burst_log = [k for k in log if "x" in k]
+    for key in ("a", "b", "c"):
+        for b in collected.samples[key]["bursts"]:
+            assert burst_log[3 * b["round"] + b["slot"]] == f"{key}x4"
+
+
 def test_the_order_seed_alone_decides_the_slots() -> None:
     def orders(**overrides: Any) -> list[str]:
         log: list[str] = []
